@@ -1,0 +1,82 @@
+"""ddpmkit: a plugin-based framework for denoising diffusion probabilistic models."""
+
+from __future__ import annotations
+
+from ddpmkit.errors import ConfigError, DataError, DdpmkitError, PluginError
+from ddpmkit.hookspecs import hookimpl
+from ddpmkit.images import load_image, make_grid, save_grid, to_uint8
+from ddpmkit.interfaces import (
+    Batch,
+    Component,
+    Conditioner,
+    Conditioning,
+    Dataset,
+    Denoiser,
+    Example,
+    Guidance,
+    NoiseSchedule,
+    Parameterization,
+    Params,
+    PredictFn,
+    Prediction,
+    Sampler,
+    SamplerCallback,
+    SamplerStep,
+)
+from ddpmkit.model import (
+    DiffusionModel,
+    LossWeighting,
+    broadcast,
+    eps_from_x0,
+    guided_predict,
+    randn,
+    randn_like,
+    x0_from_eps,
+)
+from ddpmkit.registry import create, register
+from ddpmkit.runinfo import RunInfo
+
+__version__ = "0.1.0"
+PLUGIN_API_VERSION = "1.0"
+"""The version of the plugin-facing API (interfaces, hooks) that plugins are written against."""
+
+__all__ = [
+    "PLUGIN_API_VERSION",
+    "Batch",
+    "Component",
+    "Conditioner",
+    "Conditioning",
+    "ConfigError",
+    "DataError",
+    "Dataset",
+    "DdpmkitError",
+    "Denoiser",
+    "DiffusionModel",
+    "Example",
+    "Guidance",
+    "LossWeighting",
+    "NoiseSchedule",
+    "Parameterization",
+    "Params",
+    "PluginError",
+    "PredictFn",
+    "Prediction",
+    "RunInfo",
+    "Sampler",
+    "SamplerCallback",
+    "SamplerStep",
+    "__version__",
+    "broadcast",
+    "create",
+    "eps_from_x0",
+    "guided_predict",
+    "hookimpl",
+    "load_image",
+    "make_grid",
+    "randn",
+    "randn_like",
+    "register",
+    "save_grid",
+    "to_uint8",
+    "x0_from_eps",
+]

@@ -1,0 +1,82 @@
+"""Checkpoints as safetensors: tensors plus string metadata, written atomically, never pickled."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+from ddpmkit.errors import DdpmkitError
+
+FORMAT = "ddpmkit-checkpoint"
+FORMAT_VERSION = "1"
+_STEP_FILE = re.compile(r"^step-(\d+)\.safetensors$")
+
+
+def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> Path:
+    """Write ``tensors`` and JSON-encoded ``metadata`` to ``path`` atomically.
+
+    The file is written beside its destination, flushed to disk and renamed over it, so a crash
+    mid-write leaves any earlier file at ``path`` intact.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION}
+    meta.update({key: json.dumps(value) for key, value in metadata.items()})
+    # safetensors needs contiguous tensors that share no storage
+    plain = {key: t.detach().to("cpu").contiguous().clone() for key, t in tensors.items()}
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(plain, str(tmp), metadata=meta)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a checkpoint written by :func:`save_checkpoint`; refuses anything else."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw_meta = f.metadata() or {}
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise DdpmkitError(
+            f"{path}: not a readable ddpmkit checkpoint (safetensors expected; pickled files "
+            f"are never loaded): {exc}"
+        ) from exc
+    if raw_meta.get("format") != FORMAT:
+        raise DdpmkitError(f"{path}: safetensors file without ddpmkit checkpoint metadata")
+    meta = {
+        key: json.loads(value)
+        for key, value in raw_meta.items()
+        if key not in {"format", "format_version"}
+    }
+    return tensors, meta
+
+
+def checkpoint_path(directory: Path, step: int) -> Path:
+    """``directory/step-NNNNNNN.safetensors``."""
+    return directory / f"step-{step:07d}.safetensors"
+
+
+def list_checkpoints(directory: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints in ``directory`` as ``(step, path)``, oldest first."""
+    if not directory.is_dir():
+        return []
+    found = []
+    for path in directory.iterdir():
+        match = _STEP_FILE.match(path.name)
+        if match:
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def prune_checkpoints(directory: Path, keep: int) -> None:
+    """Delete all but the ``keep`` most recent checkpoints."""
+    for _, path in list_checkpoints(directory)[:-keep]:
+        path.unlink(missing_ok=True)

@@ -1,0 +1,143 @@
+"""The ``ddpmkit`` command line: run, validate, plugins, schema."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from ddpmkit import __version__, registry
+from ddpmkit.config import PipelineConfig, load_config
+from ddpmkit.errors import DdpmkitError
+
+EXIT_USER_ERROR = 2
+
+
+def _pipeline_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", type=Path, help="the pipeline.toml file")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a key, e.g. --set train.steps=10 (TOML value; repeatable)",
+    )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Train, sample and write the run folder."""
+    from ddpmkit.pipeline import Pipeline, latest_run_directory
+
+    config = load_config(args.file, args.overrides)
+    pipeline = Pipeline.build(config)
+    resume = None
+    if args.resume is not None:
+        resume = Path(args.resume) if args.resume != "latest" else latest_run_directory(config)
+    start = time.perf_counter()
+    directory = pipeline.run(resume=resume, progress=not args.quiet)
+    elapsed = time.perf_counter() - start
+    print(f"run folder: {directory}  ({elapsed:.1f} s)")
+    samples = directory / "samples.png"
+    if samples.exists():
+        print(f"samples:    {samples}")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Check the file and every component's params; build the components, run nothing."""
+    from ddpmkit.pipeline import Pipeline
+
+    config = load_config(args.file, args.overrides)
+    Pipeline.build(config)
+    print(f"{args.file}: ok")
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    """List every registered component with its distribution and load status."""
+    from ddpmkit.hooks import hook_plugin_statuses
+
+    rows = []
+    for kind in registry.KIND_GROUPS:
+        for rec in registry.records(kind):
+            try:
+                registry.load(kind, rec.name)
+                status = "ok"
+            except DdpmkitError as exc:
+                status = f"failed: {exc}"
+            rows.append((kind, rec.name, f"{rec.distribution} {rec.version}", status))
+    for hook in hook_plugin_statuses():
+        status = f"failed: {hook.error}" if hook.error else "ok"
+        rows.append(("hooks", hook.name, f"{hook.distribution} {hook.version}", status))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)] if rows else [0, 0, 0]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths, strict=True)), row[3])
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    """Print the JSON Schema of pipeline.toml."""
+    print(json.dumps(PipelineConfig.model_json_schema(), indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``ddpmkit`` command."""
+    parser = argparse.ArgumentParser(
+        prog="ddpmkit", description="Denoising diffusion probabilistic models, by plugins."
+    )
+    parser.add_argument("--version", action="version", version=f"ddpmkit {__version__}")
+    parser.add_argument(
+        "--debug", action="store_true", help="show the full traceback of a user error"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a pipeline: train, sample, write a run folder")
+    _pipeline_arguments(run)
+    run.add_argument(
+        "--resume",
+        nargs="?",
+        const="latest",
+        default=None,
+        metavar="RUN_DIR",
+        help="continue from the last checkpoint of RUN_DIR (default: the latest run)",
+    )
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.set_defaults(func=cmd_run)
+
+    validate = sub.add_parser("validate", help="check a pipeline file without running it")
+    _pipeline_arguments(validate)
+    validate.set_defaults(func=cmd_validate)
+
+    plugins = sub.add_parser("plugins", help="list components, distributions and status")
+    plugins.set_defaults(func=cmd_plugins)
+
+    schema = sub.add_parser("schema", help="print the JSON Schema of pipeline.toml")
+    schema.set_defaults(func=cmd_schema)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``ddpmkit`` command; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except DdpmkitError as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"ddpmkit: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("ddpmkit: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,192 @@
+"""``pipeline.toml``: the pydantic models, TOML loading, ``--set`` overrides and key-path errors."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ddpmkit.errors import ConfigError
+from ddpmkit.registry import format_validation_error
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+
+class Section(BaseModel):
+    """A fixed section of the pipeline file: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ComponentConfig(BaseModel):
+    """A component section: ``type`` names a registered component, other keys are its params.
+
+    The params are checked against that component's own ``Params`` model when the pipeline is
+    built (``ddpmkit validate`` does this too), so errors still name the exact key.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(description="Name of a registered component of this kind.")
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """Every key but ``type``."""
+        return dict(self.model_extra or {})
+
+
+class TrainConfig(Section):
+    """``[train]``: Ho et al. Algorithm 1 with AdamW, warm-up, clipping and EMA."""
+
+    steps: int = Field(1000, ge=1, description="Optimizer steps.")
+    batch_size: int = Field(32, ge=1, description="Examples per step.")
+    lr: float = Field(2e-4, gt=0, description="Peak learning rate of AdamW.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    adam_betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW (beta1, beta2).")
+    warmup_steps: int = Field(0, ge=0, description="Steps of linear learning-rate warm-up.")
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="After warm-up: constant, or cosine decay to 0 at `steps`."
+    )
+    grad_clip: float | None = Field(
+        1.0, gt=0, description="Clip the global gradient norm to this value (none: no clip)."
+    )
+    ema_decay: float = Field(0.999, ge=0, lt=1, description="Decay of the EMA weights.")
+    ema_warmup: bool = Field(
+        True, description="Use min(ema_decay, (1 + n) / (10 + n)) so early EMA tracks fast."
+    )
+    log_every: int = Field(50, ge=1, description="Steps between metric reports.")
+    checkpoint_every: int = Field(
+        0, ge=0, description="Steps between checkpoints (0: only at the end)."
+    )
+    keep_checkpoints: int = Field(2, ge=1, description="How many recent checkpoints to keep.")
+
+    @field_validator("adam_betas")
+    @classmethod
+    def _betas_in_range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 <= b < 1.0 for b in v):
+            raise ValueError("both AdamW betas must lie in [0, 1)")
+        return v
+
+
+class SampleConfig(Section):
+    """``[sample]``: draw samples from the (EMA) model and write a PNG grid."""
+
+    sampler: ComponentConfig = Field(
+        default_factory=lambda: ComponentConfig(type="ddim"),
+        description="The sampler component (`type` and its params).",
+    )
+    num_samples: int = Field(64, ge=1, description="How many samples to draw.")
+    batch_size: int = Field(64, ge=1, description="Samples drawn per sampler call.")
+    use_ema: bool = Field(True, description="Sample from the EMA weights.")
+    seed: int | None = Field(None, description="Sampling seed (default: the pipeline seed).")
+    grid_columns: int | None = Field(None, ge=1, description="Columns of the grid image.")
+    grid_scale: int = Field(4, ge=1, description="Integer upscaling of the grid PNG.")
+
+
+class OutputConfig(Section):
+    """``[output]``: where the run folder goes."""
+
+    dir: str = Field("runs", description="Parent folder of run folders.")
+    name: str | None = Field(
+        None, description="Run folder name (default: the pipeline file's stem)."
+    )
+
+
+class PipelineConfig(Section):
+    """The whole ``pipeline.toml``."""
+
+    seed: int = Field(0, description="Seed of model initialisation, data order and noise.")
+    device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:N.")
+    data: ComponentConfig = Field(description="The data set component.")
+    schedule: ComponentConfig = Field(
+        default_factory=lambda: ComponentConfig(type="linear"), description="Noise schedule."
+    )
+    parameterization: ComponentConfig = Field(
+        default_factory=lambda: ComponentConfig(type="eps"), description="What the net predicts."
+    )
+    denoiser: ComponentConfig = Field(description="The denoising network.")
+    train: TrainConfig | None = Field(None, description="Training stage (absent: skipped).")
+    sample: SampleConfig | None = Field(None, description="Sampling stage (absent: skipped).")
+    output: OutputConfig = Field(default_factory=OutputConfig, description="Run folder.")
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, v: str) -> str:
+        head, _, index = v.partition(":")
+        if head not in {"auto", "cpu", "cuda", "mps"} or (index and not index.isdigit()):
+            raise ValueError("device must be auto, cpu, cuda, cuda:N or mps")
+        return v
+
+    def component_sections(self) -> Iterable[tuple[str, str, ComponentConfig]]:
+        """``(key path, kind, section)`` of every component the pipeline names."""
+        yield "data", "dataset", self.data
+        yield "schedule", "schedule", self.schedule
+        yield "parameterization", "parameterization", self.parameterization
+        yield "denoiser", "denoiser", self.denoiser
+        if self.sample is not None:
+            yield "sample.sampler", "sampler", self.sample.sampler
+
+
+def parse_toml(text: str, source: str) -> dict[str, Any]:
+    """Parse TOML text; syntax errors become a ConfigError with line and column."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: TOML syntax error: {exc}") from exc
+
+
+def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Apply ``key.path=value`` overrides; values are TOML (``10``, ``"x"``, ``[1, 2]``)."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"--set {item!r}: expected KEY.PATH=VALUE")
+        try:
+            value = tomllib.loads(f"v = {raw.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw.strip()  # a bare word is a string: --set data.type=shapes
+        *parents, leaf = key.split(".")
+        node = data
+        for i, part in enumerate(parents):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                where = ".".join(parents[: i + 1])
+                raise ConfigError(f"--set {item!r}: {where} is a value, not a table")
+            node = child
+        node[leaf] = value
+    return data
+
+
+def load_config(path: str | Path, overrides: Iterable[str] = ()) -> PipelineConfig:
+    """Read, override and validate a pipeline file (component params are checked later)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read pipeline file {path}: {exc.strerror}") from exc
+    data = apply_overrides(parse_toml(text, str(path)), overrides)
+    output = data.setdefault("output", {})
+    if isinstance(output, dict):
+        output.setdefault("name", path.stem)
+    return validate_config(data, str(path))
+
+
+def validate_config(data: Mapping[str, Any], source: str) -> PipelineConfig:
+    """Validate a parsed pipeline mapping; errors list every bad key path."""
+    try:
+        return PipelineConfig.model_validate(dict(data))
+    except pydantic.ValidationError as exc:
+        raise ConfigError(f"{source}: invalid pipeline:\n{format_validation_error(exc)}") from exc
+
+
+def config_to_dict(config: PipelineConfig) -> dict[str, Any]:
+    """The resolved config as plain data (``None`` values dropped, as TOML has no null)."""
+    return config.model_dump(mode="json", exclude_none=True)

@@ -1,0 +1,316 @@
+"""The six component interfaces of ddpmkit and the small value types they exchange.
+
+Conventions shared by every interface:
+
+* ``t`` is the *training timestep index*, an integer tensor of shape ``(B,)`` with values in
+  ``0 .. T-1`` (dtype ``torch.long``). Index ``t`` is step ``t + 1`` of Ho et al., whose steps
+  run ``1 .. T``; index ``0`` is the least noisy step.
+* Images are ``(B, C, H, W)`` floating tensors scaled to ``[-1, 1]``; 2D toy data is ``(B, D)``.
+* Everything a component computes lives on the device and in the dtype of its tensor inputs.
+* A component declares its user-facing parameters as a nested pydantic model called ``Params``
+  (``extra="forbid"``) and is built as ``Component(Component.Params(...))``, which is what
+  :func:`ddpmkit.create` does after validating the keyword arguments it was given.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import attrs
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+if TYPE_CHECKING:  # pragma: no cover - import cycle only for type checkers
+    from ddpmkit.model import DiffusionModel
+
+
+class Params(BaseModel):
+    """Base class of every component's parameter model: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Component:
+    """Mixin giving a component its validated ``params`` and the ``Params`` model it accepts."""
+
+    Params: ClassVar[type[Params]] = Params
+    params: Params
+
+    def __init__(self, params: Params | None = None) -> None:
+        self._set_params(params)
+
+    def _set_params(self, params: Params | None) -> None:
+        self.params = params if params is not None else self.Params()
+
+
+# ---------------------------------------------------------------------------------------------
+# Value types
+# ---------------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Conditioning:
+    """What a :class:`Conditioner` hands a :class:`Denoiser`; every field is optional.
+
+    * ``channels``: ``(B, C_c, H, W)`` extra input channels concatenated to ``x_t``
+      (a low-resolution image, a mask...).
+    * ``embedding``: ``(B, D_e)`` vector added to the denoiser's time embedding (a class label,
+      a pooled text vector, a noise-augmentation level...).
+    * ``context``: ``(B, L, D_c)`` token sequence the denoiser attends to with cross-attention,
+      with ``context_mask`` ``(B, L)`` (``True`` marks a real token).
+    """
+
+    channels: torch.Tensor | None = None
+    embedding: torch.Tensor | None = None
+    context: torch.Tensor | None = None
+    context_mask: torch.Tensor | None = None
+
+
+@attrs.frozen
+class Prediction:
+    """A denoiser's output in every form a sampler needs.
+
+    ``eps`` is the predicted noise, ``x0`` the predicted clean sample, both shaped like ``x_t``;
+    ``output`` is the raw network output (its first ``C`` channels are what the
+    parameterization converts; later objectives may emit more channels).
+    """
+
+    eps: torch.Tensor
+    x0: torch.Tensor
+    output: torch.Tensor
+
+
+@attrs.frozen
+class SamplerStep:
+    """What a sampler passes to its ``callback`` after each step.
+
+    ``index`` counts steps taken (0-based) out of ``total``; ``t`` is the training timestep the
+    step started from; ``x`` is the new sample and ``x0`` the prediction of the clean sample.
+    """
+
+    index: int
+    total: int
+    t: int
+    x: torch.Tensor
+    x0: torch.Tensor
+
+
+PredictFn = Callable[[torch.Tensor, torch.Tensor, "Conditioning | None"], Prediction]
+"""``(x_t, t, cond) -> Prediction``: how samplers and guidance ask for a prediction."""
+
+SamplerCallback = Callable[[SamplerStep], None]
+
+
+# ---------------------------------------------------------------------------------------------
+# The six interfaces
+# ---------------------------------------------------------------------------------------------
+
+
+class NoiseSchedule(Component, abc.ABC):
+    """The forward-process variances: abar_t over ``T`` training steps (Ho et al. 2020, eq. 4).
+
+    A subclass implements :meth:`make_alphas_cumprod`; every other quantity is derived from it
+    once, here, in float64 on the CPU. ``alphas_cumprod[t]`` is abar at training index ``t``
+    (paper step ``t + 1``); it must be strictly decreasing and lie in ``(0, 1]``.
+    """
+
+    def __init__(self, params: Params | None = None) -> None:
+        self._set_params(params)
+        abar = self.make_alphas_cumprod().to(torch.float64)
+        if abar.ndim != 1 or abar.numel() == 0:
+            raise ValueError(f"{type(self).__name__}: alphas_cumprod must have shape (T,)")
+        self.alphas_cumprod: torch.Tensor = abar
+        abar_prev = torch.cat([abar.new_ones(1), abar[:-1]])
+        # alpha_t = abar_t / abar_{t-1}; beta_t = 1 - alpha_t (Ho et al. eq. 4 read backwards)
+        self.alphas: torch.Tensor = abar / abar_prev
+        self.betas: torch.Tensor = 1.0 - self.alphas
+
+    @abc.abstractmethod
+    def make_alphas_cumprod(self) -> torch.Tensor:
+        """Return abar_t for t = 0..T-1, shape ``(T,)``."""
+
+    @property
+    def T(self) -> int:  # noqa: N802 - the papers' name
+        """Number of training timesteps."""
+        return int(self.alphas_cumprod.numel())
+
+    @property
+    def snr(self) -> torch.Tensor:
+        """Signal-to-noise ratio abar_t / (1 - abar_t) (Kingma et al. 2021), shape ``(T,)``."""
+        return self.alphas_cumprod / (1.0 - self.alphas_cumprod)
+
+    @property
+    def log_snr(self) -> torch.Tensor:
+        """log SNR(t), shape ``(T,)``."""
+        return torch.log(self.snr)
+
+
+class Parameterization(Component, abc.ABC):
+    """What the network predicts: the training target and the conversion of its output.
+
+    Both methods take ``alpha = sqrt(abar_t)`` and ``sigma = sqrt(1 - abar_t)`` already shaped
+    to broadcast against ``x_t`` (e.g. ``(B, 1, 1, 1)``), so a parameterization never needs the
+    schedule itself.
+    """
+
+    @abc.abstractmethod
+    def target(
+        self, x0: torch.Tensor, eps: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor
+    ) -> torch.Tensor:
+        """The regression target for ``x_t = alpha * x0 + sigma * eps``."""
+
+    @abc.abstractmethod
+    def to_eps_x0(
+        self, output: torch.Tensor, x_t: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Convert a network ``output`` at ``x_t`` to ``(eps, x0)``."""
+
+
+class Denoiser(Component, nn.Module, abc.ABC):
+    """The network: ``forward(x_t, t, cond) -> output`` of shape ``(B, out_channels, ...)``.
+
+    ``x_t`` is ``(B, in_channels, H, W)`` *before* any conditioning channels are appended: a
+    denoiser that accepts ``cond.channels`` concatenates them itself. ``t`` is the training
+    index ``(B,)``. ``cond`` is ``None`` for an unconditional call. A denoiser raises
+    ``ValueError`` when given a conditioning field it was not built to consume.
+    """
+
+    def __init__(self, params: Params | None = None) -> None:
+        nn.Module.__init__(self)
+        self._set_params(params)
+
+    @property
+    @abc.abstractmethod
+    def in_channels(self) -> int:
+        """Channels of ``x_t`` (excluding conditioning channels)."""
+
+    @property
+    @abc.abstractmethod
+    def out_channels(self) -> int:
+        """Channels of the output."""
+
+    @abc.abstractmethod
+    def forward(
+        self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning | None = None
+    ) -> torch.Tensor:
+        """Run the network."""
+
+
+class Conditioner(Component, nn.Module, abc.ABC):
+    """Turns raw conditions (labels, images, masks, text) into a :class:`Conditioning`.
+
+    ``forward(raw)`` encodes a batch of raw conditions; :meth:`null` gives the "no condition"
+    used by classifier-free guidance and by condition dropout during training. The three
+    ``*_dim`` properties tell the pipeline what the denoiser must be built to accept
+    (0 means the field is not produced).
+    """
+
+    def __init__(self, params: Params | None = None) -> None:
+        nn.Module.__init__(self)
+        self._set_params(params)
+
+    extra_channels: ClassVar[int] = 0
+    embedding_dim: ClassVar[int] = 0
+    context_dim: ClassVar[int] = 0
+
+    @abc.abstractmethod
+    def forward(self, raw: Any) -> Conditioning:
+        """Encode a batch of raw conditions."""
+
+    @abc.abstractmethod
+    def null(self, batch_size: int, device: torch.device) -> Conditioning:
+        """The null condition for ``batch_size`` samples."""
+
+
+class Guidance(Component, abc.ABC):
+    """Changes a prediction during sampling by wrapping the model's prediction function.
+
+    ``guide(model, predict, x_t, t, cond)`` returns a new :class:`Prediction`; ``predict`` is
+    the (possibly already guided) prediction function, so guidances compose by nesting, and
+    samplers never know which guidance, if any, is active.
+    """
+
+    @abc.abstractmethod
+    def guide(
+        self,
+        model: DiffusionModel,
+        predict: PredictFn,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        cond: Conditioning | None,
+    ) -> Prediction:
+        """Return the guided prediction at ``(x_t, t)``."""
+
+
+class Sampler(Component, abc.ABC):
+    """The reverse-time loop and its update rule.
+
+    ``sample(model, shape)`` draws ``x_T ~ N(0, I)`` (or starts at a given ``x_T``) and returns
+    ``x_0`` of ``shape``. All randomness comes from ``generator``, so one seed gives one sample.
+    A sampler asks ``model`` (through any ``guidance``) for a :class:`Prediction` and never
+    branches on the parameterization.
+    """
+
+    @abc.abstractmethod
+    def sample(
+        self,
+        model: DiffusionModel,
+        shape: tuple[int, ...],
+        *,
+        x_T: torch.Tensor | None = None,  # noqa: N803 - the papers' name
+        cond: Conditioning | None = None,
+        guidance: Guidance | list[Guidance] | None = None,
+        generator: torch.Generator | None = None,
+        callback: SamplerCallback | None = None,
+    ) -> torch.Tensor:
+        """Run the reverse process and return x_0."""
+
+
+@attrs.frozen
+class Example:
+    """One example: ``image`` ``(C, H, W)`` in ``[-1, 1]``, a ``label`` (-1: none), a caption."""
+
+    image: torch.Tensor
+    label: int = -1
+    caption: str = ""
+
+
+@attrs.frozen
+class Batch:
+    """A batch of examples: ``images`` ``(B, C, H, W)``, ``labels`` ``(B,)``, ``captions``."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    captions: tuple[str, ...]
+
+
+class Dataset(Component, abc.ABC):
+    """A data set component (kind ``dataset``, a supporting kind beside the six interfaces).
+
+    Examples are indexed ``0 .. len-1``; every example has ``channels`` channels and is
+    ``image_size`` pixels square. ``num_classes`` is 0 for unlabelled data.
+    """
+
+    channels: int
+    image_size: int
+    num_classes: int = 0
+
+    @abc.abstractmethod
+    def __len__(self) -> int:
+        """Number of examples."""
+
+    @abc.abstractmethod
+    def __getitem__(self, index: int) -> Example:
+        """The example at ``index``."""
+
+    def batch(self, indices: list[int]) -> Batch:
+        """Collate the examples at ``indices`` (override for a faster path)."""
+        examples = [self[i] for i in indices]
+        return Batch(
+            images=torch.stack([e.image for e in examples]),
+            labels=torch.tensor([e.label for e in examples], dtype=torch.long),
+            captions=tuple(e.caption for e in examples),
+        )

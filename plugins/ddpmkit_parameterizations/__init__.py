@@ -1,0 +1,57 @@
+"""Bundled parameterizations: predict ``eps`` (Ho et al.), ``x0``, or ``v`` (Salimans & Ho)."""
+
+from __future__ import annotations
+
+import torch
+
+from ddpmkit import Parameterization, eps_from_x0, x0_from_eps
+
+__all__ = ["EpsParameterization", "VParameterization", "X0Parameterization"]
+
+
+class EpsParameterization(Parameterization):
+    """The network predicts the noise eps (Ho et al. 2020, eq. 11)."""
+
+    def target(
+        self, x0: torch.Tensor, eps: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor
+    ) -> torch.Tensor:
+        """eps."""
+        return eps
+
+    def to_eps_x0(
+        self, output: torch.Tensor, x_t: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """eps = output; x0 from eq. 4."""
+        return output, x0_from_eps(x_t, output, alpha, sigma)
+
+
+class X0Parameterization(Parameterization):
+    """The network predicts the clean sample x_0 (Ho et al. 2020, section 3.2)."""
+
+    def target(
+        self, x0: torch.Tensor, eps: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor
+    ) -> torch.Tensor:
+        """x_0."""
+        return x0
+
+    def to_eps_x0(
+        self, output: torch.Tensor, x_t: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x0 = output; eps from eq. 4."""
+        return eps_from_x0(x_t, output, alpha, sigma), output
+
+
+class VParameterization(Parameterization):
+    """The network predicts v = alpha eps - sigma x_0 (Salimans & Ho 2022, section 4)."""
+
+    def target(
+        self, x0: torch.Tensor, eps: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor
+    ) -> torch.Tensor:
+        """v = alpha_t eps - sigma_t x_0."""
+        return alpha * eps - sigma * x0
+
+    def to_eps_x0(
+        self, output: torch.Tensor, x_t: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x_0 = alpha x_t - sigma v and eps = sigma x_t + alpha v (alpha^2 + sigma^2 = 1)."""
+        return sigma * x_t + alpha * output, alpha * x_t - sigma * output

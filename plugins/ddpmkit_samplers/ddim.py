@@ -1,0 +1,78 @@
+"""Denoising diffusion implicit models (Song et al. 2021), eq. 12 with eta."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from ddpmkit import ConfigError, DiffusionModel, Prediction, randn_like
+from ddpmkit_samplers.chain import ChainSampler, ChainSamplerParams
+
+
+class DDIMSamplerParams(ChainSamplerParams):
+    """Parameters of the ``ddim`` sampler."""
+
+    steps: int = Field(50, ge=1, description="Number of sampling steps S (at most T).")
+    eta: float = Field(
+        0.0, ge=0.0, le=1.0, description="0 is deterministic DDIM, 1 matches DDPM's variance."
+    )
+    spacing: Literal["leading", "trailing", "linspace"] = Field(
+        "leading",
+        description=(
+            "How S of the T training steps are chosen: leading = 0, k, 2k, ... with k = T // S; "
+            "trailing = T-1, T-1-T/S, ...; linspace = S evenly spaced from 0 to T-1."
+        ),
+    )
+
+
+def ddim_timesteps(num_train: int, steps: int, spacing: str) -> list[int]:
+    """The S training indices visited by DDIM, in decreasing order."""
+    if steps > num_train:
+        raise ConfigError(f"ddim: steps = {steps} exceeds the schedule's T = {num_train}")
+    if spacing == "leading":
+        ts = np.arange(steps) * (num_train // steps)
+    elif spacing == "trailing":
+        ts = np.round(np.arange(num_train, 0, -num_train / steps)).astype(np.int64) - 1
+    else:
+        ts = np.round(np.linspace(0, num_train - 1, steps)).astype(np.int64)
+    return sorted({int(t) for t in ts}, reverse=True)
+
+
+class DDIMSampler(ChainSampler):
+    """x_{t-1} = sqrt(abar_{t-1}) x0 + sqrt(1 - abar_{t-1} - sigma^2) eps + sigma z (eq. 12)."""
+
+    Params = DDIMSamplerParams
+    params: DDIMSamplerParams
+
+    def timesteps(self, model: DiffusionModel) -> list[int]:
+        """S indices chosen by ``spacing``, decreasing."""
+        return ddim_timesteps(model.T, self.params.steps, self.params.spacing)
+
+    def step(
+        self,
+        model: DiffusionModel,
+        pred: Prediction,
+        x_t: torch.Tensor,
+        t: int,
+        t_prev: int,
+        generator: torch.Generator | None,
+    ) -> torch.Tensor:
+        """Song et al. eq. 12, with sigma_t(eta) from eq. 16."""
+        abar_t = model.alphas_cumprod[t]
+        # the last step lands on x_0: abar_prev = 1
+        abar_prev = model.alphas_cumprod[t_prev] if t_prev >= 0 else abar_t.new_ones(())
+        # eq. 16: sigma_t = eta sqrt((1 - abar_prev) / (1 - abar_t)) sqrt(1 - abar_t / abar_prev)
+        sigma = (
+            self.params.eta
+            * ((1 - abar_prev) / (1 - abar_t)).sqrt()
+            * (1 - abar_t / abar_prev).sqrt()
+        )
+        # eq. 12: "predicted x0" + "direction pointing to x_t" + random noise
+        direction = (1 - abar_prev - sigma**2).clamp(min=0).sqrt() * pred.eps
+        x_prev = abar_prev.sqrt() * pred.x0 + direction
+        if self.params.eta > 0 and t_prev >= 0:
+            x_prev = x_prev + sigma * randn_like(x_t, generator)
+        return x_prev

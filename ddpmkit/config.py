@@ -114,7 +114,7 @@ class PipelineConfig(Section):
     denoiser: ComponentConfig = Field(description="The denoising network.")
     train: TrainConfig | None = Field(None, description="Training stage (absent: skipped).")
     sample: SampleConfig | None = Field(None, description="Sampling stage (absent: skipped).")
-    output: OutputConfig = Field(default_factory=OutputConfig, description="Run folder.")
+    output: OutputConfig = Field(default_factory=lambda: OutputConfig(), description="Run folder.")
 
     @field_validator("device")
     @classmethod

@@ -33,16 +33,19 @@ class Params(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+_ParamsModel = Params
+
+
 class Component:
     """Mixin giving a component its validated ``params`` and the ``Params`` model it accepts."""
 
-    Params: ClassVar[type[Params]] = Params
-    params: Params
+    Params: ClassVar[type[_ParamsModel]] = _ParamsModel
+    params: _ParamsModel
 
-    def __init__(self, params: Params | None = None) -> None:
+    def __init__(self, params: _ParamsModel | None = None) -> None:
         self._set_params(params)
 
-    def _set_params(self, params: Params | None) -> None:
+    def _set_params(self, params: _ParamsModel | None) -> None:
         self.params = params if params is not None else self.Params()
 
 
@@ -133,7 +136,7 @@ class NoiseSchedule(Component, abc.ABC):
         """Return abar_t for t = 0..T-1, shape ``(T,)``."""
 
     @property
-    def T(self) -> int:  # noqa: N802 - the papers' name
+    def T(self) -> int:
         """Number of training timesteps."""
         return int(self.alphas_cumprod.numel())
 
@@ -260,7 +263,7 @@ class Sampler(Component, abc.ABC):
         model: DiffusionModel,
         shape: tuple[int, ...],
         *,
-        x_T: torch.Tensor | None = None,  # noqa: N803 - the papers' name
+        x_T: torch.Tensor | None = None,
         cond: Conditioning | None = None,
         guidance: Guidance | list[Guidance] | None = None,
         generator: torch.Generator | None = None,

@@ -85,7 +85,7 @@ class DiffusionModel(nn.Module):
         buf("posterior_mean_coef2", coef2)
 
     @property
-    def T(self) -> int:  # noqa: N802 - the papers' name
+    def T(self) -> int:
         """Number of training timesteps."""
         return self.schedule.T
 

@@ -105,7 +105,7 @@ def record(kind: str, name: str) -> ComponentRecord:
     return candidates[0]
 
 
-def load(kind: str, name: str) -> type:
+def load(kind: str, name: str) -> Any:
     """Import and return the class registered as ``name``; only this plugin is imported."""
     rec = record(kind, name)
     if rec.cls is not None:

@@ -75,7 +75,7 @@ def test_ddim_converges_as_steps_grow() -> None:
     assert errors[-1] < 0.02
 
 
-@pytest.mark.parametrize(("name", "params"), SAMPLERS + [("ddim", {"steps": 10, "eta": 1.0})])
+@pytest.mark.parametrize(("name", "params"), [*SAMPLERS, ("ddim", {"steps": 10, "eta": 1.0})])
 def test_same_seed_same_samples(name: str, params: dict) -> None:
     model = oracle_model(100)
     sampler = ddpmkit.create("sampler", name, **params)

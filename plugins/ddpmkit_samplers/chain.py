@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+from typing import ClassVar
 
 import torch
 from pydantic import Field
@@ -37,7 +38,7 @@ class ChainSamplerParams(Params):
 class ChainSampler(Sampler):
     """x_T ~ N(0, I), then one :meth:`step` per timestep of :meth:`timesteps`, down to x_0."""
 
-    Params = ChainSamplerParams
+    Params: ClassVar[type[ChainSamplerParams]] = ChainSamplerParams
     params: ChainSamplerParams
 
     @abc.abstractmethod
@@ -61,7 +62,7 @@ class ChainSampler(Sampler):
         model: DiffusionModel,
         shape: tuple[int, ...],
         *,
-        x_T: torch.Tensor | None = None,  # noqa: N803 - the papers' name
+        x_T: torch.Tensor | None = None,
         cond: Conditioning | None = None,
         guidance: Guidance | list[Guidance] | None = None,
         generator: torch.Generator | None = None,

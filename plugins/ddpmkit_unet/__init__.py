@@ -1,0 +1,28 @@
+"""The bundled U-Net denoiser plugin of ddpmkit (Ho et al. 2020; Dhariwal & Nichol 2021)."""
+
+from __future__ import annotations
+
+from ddpmkit_unet.blocks import (
+    AttentionBlock,
+    CrossAttention2d,
+    Downsample,
+    ResBlock,
+    SelfAttention2d,
+    Upsample,
+)
+from ddpmkit_unet.embeddings import FourierEmbedding, SinusoidalEmbedding, TimeEmbedding
+from ddpmkit_unet.unet import UNet, UNetParams
+
+__all__ = [
+    "AttentionBlock",
+    "CrossAttention2d",
+    "Downsample",
+    "FourierEmbedding",
+    "ResBlock",
+    "SelfAttention2d",
+    "SinusoidalEmbedding",
+    "TimeEmbedding",
+    "UNet",
+    "UNetParams",
+    "Upsample",
+]

@@ -85,6 +85,7 @@ def save_grid(
     try:
         with os.fdopen(fd, "wb") as handle:
             picture.save(handle, format="PNG")
+        os.chmod(tmp, 0o644)  # mkstemp makes the file private; a saved image is not
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

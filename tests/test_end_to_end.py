@@ -1,0 +1,184 @@
+"""A tiny ``ddpmkit run`` end to end: run folder, hooks, checkpoints, resume, samples."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from PIL import Image
+
+import ddpmkit
+from ddpmkit.checkpoint import list_checkpoints, load_checkpoint
+from ddpmkit.cli import main
+from ddpmkit.hooks import plugin_manager
+from ddpmkit.pipeline import load_model_from_checkpoint
+
+TINY = """
+seed = 3
+device = "cpu"
+
+[data]
+type = "shapes"
+image_size = 8
+num_examples = 32
+
+[schedule]
+type = "linear"
+timesteps = 40
+
+[parameterization]
+type = "v"
+
+[denoiser]
+type = "unet"
+base_channels = 8
+channel_mults = [1, 2]
+num_res_blocks = 1
+groups = 4
+attention_levels = [1]
+
+[train]
+steps = 6
+batch_size = 4
+warmup_steps = 2
+log_every = 2
+checkpoint_every = 2
+keep_checkpoints = 2
+
+[sample]
+num_samples = 5
+batch_size = 3
+grid_columns = 5
+grid_scale = 2
+
+[sample.sampler]
+type = "ddim"
+steps = 4
+
+[output]
+dir = "{runs}"
+name = "tiny"
+"""
+
+
+@pytest.fixture
+def pipeline_file(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY.replace("{runs}", str(tmp_path / "runs")))
+    return path
+
+
+class Recorder:
+    """An in-process hook plugin that records every event."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, Any]] = []
+
+    @ddpmkit.hookimpl
+    def ddpmkit_run_start(self, run: ddpmkit.RunInfo) -> None:
+        self.events.append(("start", run.directory))
+
+    @ddpmkit.hookimpl
+    def ddpmkit_train_metrics(self, run: ddpmkit.RunInfo, step: int, metrics: dict) -> None:
+        self.events.append(("metrics", step))
+
+    @ddpmkit.hookimpl
+    def ddpmkit_checkpoint_saved(self, run: ddpmkit.RunInfo, step: int, path: Path) -> None:
+        self.events.append(("checkpoint", step))
+
+    @ddpmkit.hookimpl
+    def ddpmkit_samples_written(self, run: ddpmkit.RunInfo, path: Path, count: int) -> None:
+        self.events.append(("samples", count))
+
+    @ddpmkit.hookimpl
+    def ddpmkit_run_end(self, run: ddpmkit.RunInfo, status: str) -> None:
+        self.events.append(("end", status))
+
+
+def test_run_writes_a_complete_run_folder(pipeline_file: Path, tmp_path: Path) -> None:
+    recorder = Recorder()
+    plugin_manager().register(recorder)
+    try:
+        assert main(["run", str(pipeline_file), "--quiet"]) == 0
+    finally:
+        plugin_manager().unregister(recorder)
+    run = tmp_path / "runs" / "tiny"
+    config = json.loads((run / "config.json").read_text())
+    assert config["train"]["steps"] == 6 and config["denoiser"]["type"] == "unet"
+    versions = json.loads((run / "versions.json").read_text())
+    assert versions["plugins"]["ddpmkit"] == ddpmkit.__version__
+    # keep_checkpoints = 2 of the saves at steps 2, 4, 6
+    assert [step for step, _ in list_checkpoints(run / "checkpoints")] == [4, 6]
+    # the bundled JSON-lines hook plugin logged every event
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines if r["event"] == "train"] == [2, 4, 6]
+    assert all(r["loss"] > 0 and r["it_per_s"] > 0 for r in lines if r["event"] == "train")
+    assert lines[0]["event"] == "run_start" and lines[-1] == {**lines[-1], "status": "completed"}
+    # and so did the in-process one, in order
+    assert recorder.events == [
+        ("start", run),
+        ("metrics", 2),
+        ("checkpoint", 2),
+        ("metrics", 4),
+        ("checkpoint", 4),
+        ("metrics", 6),
+        ("checkpoint", 6),
+        ("samples", 5),
+        ("end", "completed"),
+    ]
+    # 5 samples in a 5-column grid of 8x8 images, padding 1, upscaled 2x
+    with Image.open(run / "samples.png") as image:
+        assert image.size == ((5 * 8 + 6) * 2, (8 + 2) * 2)
+    # the checkpoint is safetensors with the resolved config inside, and rebuilds the model
+    tensors, meta = load_checkpoint(run / "checkpoints" / "step-0000006.safetensors")
+    assert meta["config"] == config and meta["step"] == 6
+    model = load_model_from_checkpoint(run / "checkpoints" / "step-0000006.safetensors")
+    ema = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in ema.items())
+
+
+def test_second_run_never_overwrites_the_first(pipeline_file: Path, tmp_path: Path) -> None:
+    for _ in range(2):
+        assert main(["run", str(pipeline_file), "--quiet", "--set", "train.steps=1"]) == 0
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["tiny", "tiny-2"]
+
+
+def test_resume_continues_to_identical_weights(pipeline_file: Path, tmp_path: Path) -> None:
+    """6 steps at once equal 4 steps, stop, resume to 6 (CPU, deterministic ops)."""
+    once = ["--set", "output.name='once'"]
+    assert main(["run", str(pipeline_file), "--quiet", *once]) == 0
+    split = ["--set", "output.name='split'"]
+    assert main(["run", str(pipeline_file), "--quiet", *split, "--set", "train.steps=4"]) == 0
+    assert main(["run", str(pipeline_file), "--quiet", *split, "--resume"]) == 0
+    a, _ = load_checkpoint(tmp_path / "runs/once/checkpoints/step-0000006.safetensors")
+    b, meta = load_checkpoint(tmp_path / "runs/split/checkpoints/step-0000006.safetensors")
+    assert meta["step"] == 6
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert different == []
+
+
+def test_resume_without_a_run_is_an_error(
+    pipeline_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["run", str(pipeline_file), "--resume"]) == 2
+    assert "no run folder named 'tiny'" in capsys.readouterr().err
+
+
+def test_installed_command_reports_user_errors_without_traceback(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text(TINY.replace("steps = 6", "steps = 'many'"))
+    result = subprocess.run(
+        [sys.executable, "-m", "ddpmkit", "validate", str(bad)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "train.steps: Input should be a valid integer" in result.stderr
+    assert "Traceback" not in result.stderr

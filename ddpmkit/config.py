@@ -54,8 +54,8 @@ class TrainConfig(Section):
     lr_schedule: Literal["constant", "cosine"] = Field(
         "constant", description="After warm-up: constant, or cosine decay to 0 at `steps`."
     )
-    grad_clip: float | None = Field(
-        1.0, gt=0, description="Clip the global gradient norm to this value (none: no clip)."
+    grad_clip: float = Field(
+        1.0, ge=0, description="Clip the global gradient norm to this value (0: no clipping)."
     )
     ema_decay: float = Field(0.999, ge=0, lt=1, description="Decay of the EMA weights.")
     ema_warmup: bool = Field(

@@ -23,33 +23,30 @@ class HookPluginStatus:
     error: str = ""
 
 
-@functools.cache
 def plugin_manager() -> pluggy.PluginManager:
-    """The process-wide plugin manager with every loadable hook plugin registered."""
-    pm = pluggy.PluginManager(hookspecs.PROJECT)
-    pm.add_hookspecs(hookspecs)
-    for status, plugin in _load_hook_plugins():
-        if plugin is not None and not status.error:
-            pm.register(plugin, name=f"{status.distribution}:{status.name}")
-    return pm
+    """The process-wide plugin manager with every working hook plugin registered."""
+    return _setup()[0]
 
 
 def hook_plugin_statuses() -> list[HookPluginStatus]:
-    """Every ``ddpmkit.plugins`` entry point and its load status (imports them)."""
-    return [status for status, _ in _load_hook_plugins()]
+    """Every ``ddpmkit.plugins`` entry point and whether it loaded and registered."""
+    return list(_setup()[1])
 
 
 @functools.cache
-def _load_hook_plugins() -> tuple[tuple[HookPluginStatus, object | None], ...]:
-    loaded = []
+def _setup() -> tuple[pluggy.PluginManager, tuple[HookPluginStatus, ...]]:
+    """Import and register each hook plugin; one that fails is recorded, never fatal."""
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    statuses = []
     for ep in md.entry_points(group=HOOK_GROUP):
         dist = ep.dist.name if ep.dist is not None else "<unknown>"
         version = ep.dist.version if ep.dist is not None else "?"
         try:
-            plugin = ep.load()
-        except Exception as exc:  # one broken plugin never takes the others down
+            pm.register(ep.load(), name=f"{dist}:{ep.name}")
+        except Exception as exc:  # import error, or hooks that do not match the specs
             error = f"{type(exc).__name__}: {exc}"
-            loaded.append((HookPluginStatus(ep.name, dist, version, error), None))
+            statuses.append(HookPluginStatus(ep.name, dist, version, error))
             continue
-        loaded.append((HookPluginStatus(ep.name, dist, version), plugin))
-    return tuple(loaded)
+        statuses.append(HookPluginStatus(ep.name, dist, version))
+    return pm, tuple(statuses)

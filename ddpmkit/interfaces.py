@@ -23,6 +23,8 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
+from ddpmkit.errors import ConfigError
+
 if TYPE_CHECKING:  # pragma: no cover - import cycle only for type checkers
     from ddpmkit.model import DiffusionModel
 
@@ -123,8 +125,11 @@ class NoiseSchedule(Component, abc.ABC):
     def __init__(self, params: Params | None = None) -> None:
         self._set_params(params)
         abar = self.make_alphas_cumprod().to(torch.float64)
+        name = type(self).__name__
         if abar.ndim != 1 or abar.numel() == 0:
-            raise ValueError(f"{type(self).__name__}: alphas_cumprod must have shape (T,)")
+            raise ConfigError(f"schedule {name}: alphas_cumprod must have shape (T,) with T >= 1")
+        if not (torch.all(abar > 0) and torch.all(abar <= 1) and torch.all(abar[1:] < abar[:-1])):
+            raise ConfigError(f"schedule {name}: alphas_cumprod must decrease strictly in (0, 1]")
         self.alphas_cumprod: torch.Tensor = abar
         abar_prev = torch.cat([abar.new_ones(1), abar[:-1]])
         # alpha_t = abar_t / abar_{t-1}; beta_t = 1 - alpha_t (Ho et al. eq. 4 read backwards)
@@ -256,6 +261,12 @@ class Sampler(Component, abc.ABC):
     A sampler asks ``model`` (through any ``guidance``) for a :class:`Prediction` and never
     branches on the parameterization.
     """
+
+    def check(self, model: DiffusionModel) -> None:
+        """Raise :class:`~ddpmkit.ConfigError` if this sampler cannot sample ``model``.
+
+        Called when a pipeline is built, so a mismatch fails before training starts.
+        """
 
     @abc.abstractmethod
     def sample(

@@ -11,6 +11,7 @@ from typing import Any
 
 import attrs
 import torch
+from tqdm.auto import tqdm
 
 from ddpmkit import registry
 from ddpmkit.checkpoint import load_checkpoint
@@ -18,7 +19,7 @@ from ddpmkit.config import ComponentConfig, PipelineConfig, config_to_dict
 from ddpmkit.errors import ConfigError, DdpmkitError
 from ddpmkit.hooks import plugin_manager
 from ddpmkit.images import save_grid
-from ddpmkit.interfaces import Dataset, Sampler
+from ddpmkit.interfaces import Component, Dataset, Sampler, SamplerStep
 from ddpmkit.model import DiffusionModel
 from ddpmkit.runinfo import RunInfo
 from ddpmkit.train import Trainer
@@ -87,6 +88,30 @@ class Pipeline:
         pipeline.check_compatible()
         return pipeline
 
+    def components(self) -> dict[str, Component]:
+        """Each built component by the key path of its section."""
+        found: dict[str, Component] = {
+            "data": self.dataset,
+            "schedule": self.model.schedule,
+            "parameterization": self.model.parameterization,
+            "denoiser": self.model.denoiser,
+        }
+        if self.sampler is not None:
+            found["sample.sampler"] = self.sampler
+        return found
+
+    def resolved_config(self) -> dict[str, Any]:
+        """The config as plain data, each component section with every parameter it used."""
+        data = config_to_dict(self.config)
+        for where, component in self.components().items():
+            *parents, leaf = where.split(".")
+            section = data
+            for part in parents:
+                section = section[part]
+            params = component.params.model_dump(mode="json", exclude_none=True)
+            section[leaf] = {"type": section[leaf]["type"], **params}
+        return data
+
     @property
     def sample_shape(self) -> tuple[int, ...]:
         """Shape of one example, ``(C, H, W)``."""
@@ -108,6 +133,11 @@ class Pipeline:
             )
         if len(self.dataset) == 0:
             raise ConfigError(f"data: data set {self.config.data.type!r} is empty")
+        if self.sampler is not None:
+            try:
+                self.sampler.check(self.model)
+            except ConfigError as exc:
+                raise ConfigError(f"sample.sampler: {exc}") from exc
         # one tiny forward pass catches every shape mismatch the denoiser knows of
         probe = torch.zeros((1, *self.sample_shape), device=self.device)
         try:
@@ -124,7 +154,7 @@ class Pipeline:
     def run(self, *, resume: Path | None = None, progress: bool = True) -> Path:
         """Run the stages into a fresh run folder (or continue ``resume``); returns the folder."""
         directory = resume if resume is not None else new_run_directory(self.config)
-        resolved = config_to_dict(self.config)
+        resolved = self.resolved_config()
         info = RunInfo(directory=directory, config=resolved, seed=self.config.seed)
         if resume is None:
             write_run_files(directory, resolved)
@@ -195,18 +225,13 @@ class _StepBar:
     """A sampler callback that shows a progress bar over the sampler's steps."""
 
     def __init__(self, desc: str, enabled: bool) -> None:
-        from tqdm.auto import tqdm
-
-        self._tqdm = tqdm
         self.desc = desc
         self.enabled = enabled
         self.bar: Any = None
 
-    def __call__(self, step: Any) -> None:
+    def __call__(self, step: SamplerStep) -> None:
         if self.bar is None:
-            self.bar = self._tqdm(
-                total=step.total, desc=self.desc, unit="step", disable=not self.enabled
-            )
+            self.bar = tqdm(total=step.total, desc=self.desc, unit="step", disable=not self.enabled)
         self.bar.update(1)
 
     def close(self) -> None:

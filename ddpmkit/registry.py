@@ -100,7 +100,7 @@ def record(kind: str, name: str) -> ComponentRecord:
         owners = " and ".join(f"{r.distribution} ({r.value})" for r in candidates)
         raise PluginError(
             f"{kind} {name!r} is registered by more than one distribution: {owners}; "
-            "uninstall one of them, or block one with DDPMKIT_BLOCK_PLUGINS"
+            "uninstall one of them"
         )
     return candidates[0]
 

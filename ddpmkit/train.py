@@ -148,7 +148,7 @@ class Trainer:
             raise DdpmkitError(f"training diverged: loss is {loss.item()} at step {self.step}")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if self.config.grad_clip is not None:
+        if self.config.grad_clip > 0:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         self.optimizer.step()
         self.ema.update(self.model)

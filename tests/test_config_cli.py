@@ -3,57 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from ddpmkit.cli import main
 from ddpmkit.config import apply_overrides, load_config
-
-TINY = """
-seed = 1
-device = "cpu"
-
-[data]
-type = "shapes"
-image_size = 8
-num_examples = 64
-
-[schedule]
-type = "linear"
-timesteps = 50
-
-[denoiser]
-type = "unet"
-base_channels = 8
-channel_mults = [1, 2]
-num_res_blocks = 1
-groups = 4
-
-[train]
-steps = 4
-batch_size = 4
-log_every = 2
-checkpoint_every = 2
-
-[sample]
-num_samples = 4
-batch_size = 2
-
-[sample.sampler]
-type = "ddim"
-steps = 3
-
-[output]
-dir = "{runs}"
-name = "tiny"
-"""
-
-
-def write(tmp_path: Path, text: str, name: str = "pipeline.toml") -> Path:
-    path = tmp_path / name
-    path.write_text(text.replace("{runs}", str(tmp_path / "runs")))
-    return path
 
 
 def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -62,31 +18,38 @@ def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
     return code, out, err
 
 
-def test_validate_ok(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run_cli(["validate", str(write(tmp_path, TINY))], capsys)
+def test_validate_ok(pipeline_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(["validate", str(pipeline_file)], capsys)
     assert code == 0 and "ok" in out
 
 
 @pytest.mark.parametrize(
     ("edit", "expected"),
     [
-        (("steps = 4", "steps = -4"), "train.steps: Input should be greater than or equal to 1"),
+        (("steps = 6", "steps = -4"), "train.steps: Input should be greater than or equal to 1"),
         (("[train]", "[train]\nstepz = 3"), "train.stepz: unknown key"),
         (('type = "ddim"', 'type = "ddim"\neta = 2.0'), "sample.sampler.eta: Input should be"),
         (('type = "linear"', 'type = "cosin"'), "did you mean 'cosine'"),
-        (("timesteps = 50", "timesteps = 0"), "schedule.timesteps: Input should be greater"),
+        (("timesteps = 40", "timesteps = 0"), "schedule.timesteps: Input should be greater"),
         (("channel_mults = [1, 2]", "channel_mults = []"), "denoiser.channel_mults"),
         (("image_size = 8", "image_size = 9"), "cannot take data of shape (3, 9, 9)"),
         (("base_channels = 8", "base_channels = 8\nin_channels = 1"), "denoiser.in_channels = 1"),
         (('device = "cpu"', 'device = "tpu"'), "device: device must be auto"),
-        (("seed = 1", "seed = [1"), "TOML syntax error"),
+        (("seed = 3", "seed = [3"), "TOML syntax error"),
         (("[data]", "[dat]"), "dat: unknown key"),
+        (
+            ('type = "ddim"\nsteps = 4', 'type = "ddim"\nsteps = 400'),
+            "sample.sampler: ddim: steps = 400 exceeds the schedule's T",
+        ),
     ],
 )
 def test_bad_files_give_one_message_exit_2(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], edit: tuple[str, str], expected: str
+    write_pipeline: Callable[..., Path],
+    capsys: pytest.CaptureFixture[str],
+    edit: tuple[str, str],
+    expected: str,
 ) -> None:
-    path = write(tmp_path, TINY.replace(*edit, 1))
+    path = write_pipeline(edit)
     code, _out, err = run_cli(["validate", str(path)], capsys)
     assert code == 2
     assert expected in err
@@ -94,15 +57,17 @@ def test_bad_files_give_one_message_exit_2(
 
 
 def test_toml_syntax_error_has_line_and_column(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    write_pipeline: Callable[..., Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    path = write(tmp_path, TINY.replace("seed = 1", "seed = = 1"))
+    path = write_pipeline(("seed = 3", "seed = = 3"))
     code, _, err = run_cli(["validate", str(path)], capsys)
     assert code == 2 and "line 2, column" in err and str(path) in err
 
 
-def test_debug_shows_the_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    path = write(tmp_path, TINY.replace("steps = 4", "steps = -4"))
+def test_debug_shows_the_traceback(
+    write_pipeline: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_pipeline(("steps = 6", "steps = -4"))
     code, _, err = run_cli(["--debug", "validate", str(path)], capsys)
     assert code == 2 and "Traceback" in err
 
@@ -112,10 +77,9 @@ def test_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert code == 2 and "cannot read pipeline file" in err
 
 
-def test_set_overrides_any_key(tmp_path: Path) -> None:
-    path = write(tmp_path, TINY)
+def test_set_overrides_any_key(pipeline_file: Path) -> None:
     config = load_config(
-        path, ["train.steps=10", "sample.sampler.eta=0.5", "data.type=shapes", "seed=7"]
+        pipeline_file, ["train.steps=10", "sample.sampler.eta=0.5", "data.type=shapes", "seed=7"]
     )
     assert config.train is not None and config.train.steps == 10
     assert config.sample is not None and config.sample.sampler.params["eta"] == 0.5
@@ -123,8 +87,8 @@ def test_set_overrides_any_key(tmp_path: Path) -> None:
     assert apply_overrides({}, ["a.b.c=[1, 2]"]) == {"a": {"b": {"c": [1, 2]}}}
 
 
-def test_bad_override(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    path = write(tmp_path, TINY)
+def test_bad_override(pipeline_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = pipeline_file
     code, _, err = run_cli(["validate", str(path), "--set", "seed.x=1"], capsys)
     assert code == 2 and "seed is a value, not a table" in err
     code, _, err = run_cli(["validate", str(path), "--set", "novalue"], capsys)

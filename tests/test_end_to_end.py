@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,60 +18,6 @@ from ddpmkit.checkpoint import list_checkpoints, load_checkpoint
 from ddpmkit.cli import main
 from ddpmkit.hooks import plugin_manager
 from ddpmkit.pipeline import load_model_from_checkpoint
-
-TINY = """
-seed = 3
-device = "cpu"
-
-[data]
-type = "shapes"
-image_size = 8
-num_examples = 32
-
-[schedule]
-type = "linear"
-timesteps = 40
-
-[parameterization]
-type = "v"
-
-[denoiser]
-type = "unet"
-base_channels = 8
-channel_mults = [1, 2]
-num_res_blocks = 1
-groups = 4
-attention_levels = [1]
-
-[train]
-steps = 6
-batch_size = 4
-warmup_steps = 2
-log_every = 2
-checkpoint_every = 2
-keep_checkpoints = 2
-
-[sample]
-num_samples = 5
-batch_size = 3
-grid_columns = 5
-grid_scale = 2
-
-[sample.sampler]
-type = "ddim"
-steps = 4
-
-[output]
-dir = "{runs}"
-name = "tiny"
-"""
-
-
-@pytest.fixture
-def pipeline_file(tmp_path: Path) -> Path:
-    path = tmp_path / "tiny.toml"
-    path.write_text(TINY.replace("{runs}", str(tmp_path / "runs")))
-    return path
 
 
 class Recorder:
@@ -110,6 +57,10 @@ def test_run_writes_a_complete_run_folder(pipeline_file: Path, tmp_path: Path) -
     run = tmp_path / "runs" / "tiny"
     config = json.loads((run / "config.json").read_text())
     assert config["train"]["steps"] == 6 and config["denoiser"]["type"] == "unet"
+    # resolved: every component parameter, defaults and values filled from the data included
+    assert config["denoiser"]["in_channels"] == 3 and config["denoiser"]["dropout"] == 0.0
+    assert config["schedule"]["beta_start"] == 1e-4
+    assert config["sample"]["sampler"]["eta"] == 0.0
     versions = json.loads((run / "versions.json").read_text())
     assert versions["plugins"]["ddpmkit"] == ddpmkit.__version__
     # keep_checkpoints = 2 of the saves at steps 2, 4, 6
@@ -170,9 +121,10 @@ def test_resume_without_a_run_is_an_error(
     assert "no run folder named 'tiny'" in capsys.readouterr().err
 
 
-def test_installed_command_reports_user_errors_without_traceback(tmp_path: Path) -> None:
-    bad = tmp_path / "bad.toml"
-    bad.write_text(TINY.replace("steps = 6", "steps = 'many'"))
+def test_installed_command_reports_user_errors_without_traceback(
+    write_pipeline: Callable[..., Path],
+) -> None:
+    bad = write_pipeline(("steps = 6", "steps = 'many'"))
     result = subprocess.run(
         [sys.executable, "-m", "ddpmkit", "validate", str(bad)],
         capture_output=True,

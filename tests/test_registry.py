@@ -151,3 +151,49 @@ def test_params_errors_name_the_key() -> None:
         ddpmkit.create("sampler", "ddim", eta=1.5)
     with pytest.raises(ConfigError, match=r"stepz: unknown key"):
         ddpmkit.create("sampler", "ddim", stepz=10)
+
+
+def test_a_schedule_that_is_not_a_diffusion_is_refused() -> None:
+    @ddpmkit.register("schedule", "flat")
+    class Flat(ddpmkit.NoiseSchedule):
+        def make_alphas_cumprod(self) -> torch.Tensor:
+            return torch.tensor([1.0, 1.0, 0.5], dtype=torch.float64)
+
+    try:
+        with pytest.raises(ConfigError, match="Flat: alphas_cumprod must decrease strictly"):
+            ddpmkit.create("schedule", "flat")
+    finally:
+        registry.unregister("schedule", "flat")
+
+
+HOOK_SOURCE = """
+    import ddpmkit
+
+    @ddpmkit.hookimpl
+    def ddpmkit_run_start(run, unexpected_argument):
+        pass
+"""
+
+
+def test_hook_plugin_with_a_wrong_signature_is_reported_not_fatal(
+    site: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ddpmkit import hooks
+
+    make_distribution(
+        site,
+        "ddpmkit_badhook",
+        "thirdparty_badhook",
+        HOOK_SOURCE,
+        {"ddpmkit.plugins": {"badhook": "thirdparty_badhook"}},
+    )
+    hooks._setup.cache_clear()
+    try:
+        statuses = {s.name: s for s in hooks.hook_plugin_statuses()}
+        assert "unexpected_argument" in statuses["badhook"].error
+        assert statuses["badhook"].distribution == "ddpmkit_badhook"
+        assert statuses["jsonl"].error == ""
+        names = [name for name, _ in hooks.plugin_manager().list_name_plugin()]
+        assert "ddpmkit:jsonl" in names and not any("badhook" in n for n in names)
+    finally:
+        hooks._setup.cache_clear()

@@ -57,6 +57,10 @@ class ChainSampler(Sampler):
     ) -> torch.Tensor:
         """One reverse update from index ``t`` to index ``t_prev`` (-1 means x_0)."""
 
+    def check(self, model: DiffusionModel) -> None:
+        """The step list must be computable for the model's schedule."""
+        self.timesteps(model)
+
     def sample(
         self,
         model: DiffusionModel,

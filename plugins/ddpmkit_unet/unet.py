@@ -21,7 +21,7 @@ class UNetParams(Params):
 
     in_channels: int = Field(3, ge=1, description="Channels of x_t (without conditioning).")
     out_channels: int | None = Field(
-        None, ge=1, description="Output channels; None means in_channels (2x for learned variance)."
+        None, ge=1, description="Output channels; None means in_channels."
     )
     base_channels: int = Field(64, ge=1, description="Channels of the first level.")
     channel_mults: tuple[PositiveInt, ...] = Field(

@@ -190,6 +190,11 @@ class Denoiser(Component, nn.Module, abc.ABC):
         nn.Module.__init__(self)
         self._set_params(params)
 
+    def bind(self, schedule: NoiseSchedule) -> None:
+        """Called once by :class:`~ddpmkit.DiffusionModel` with the schedule it will be used
+        with. A network that needs the noise levels behind ``t`` (an exact oracle, a time
+        embedding of log-SNR) records them here; the default does nothing."""
+
     @property
     @abc.abstractmethod
     def in_channels(self) -> int:
@@ -311,6 +316,12 @@ class Dataset(Component, abc.ABC):
     channels: int
     image_size: int
     num_classes: int = 0
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Shape of one example: ``(channels, image_size, image_size)``; vector data overrides
+        it with ``(channels,)``."""
+        return (self.channels, self.image_size, self.image_size)
 
     @abc.abstractmethod
     def __len__(self) -> int:

@@ -56,6 +56,7 @@ class DiffusionModel(nn.Module):
     ) -> None:
         super().__init__()
         self.schedule = schedule
+        denoiser.bind(schedule)
         self.denoiser = denoiser
         self.parameterization = parameterization
         self.conditioner = conditioner

@@ -114,9 +114,8 @@ class Pipeline:
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
-        """Shape of one example, ``(C, H, W)``."""
-        size = self.dataset.image_size
-        return (self.dataset.channels, size, size)
+        """Shape of one example: ``(C, H, W)`` for images, ``(D,)`` for vector data."""
+        return self.dataset.shape
 
     def check_compatible(self) -> None:
         """Components that cannot work together fail here, before any work is done."""

@@ -15,7 +15,7 @@ Conventions shared by every interface:
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
@@ -175,6 +175,10 @@ class Parameterization(Component, abc.ABC):
         self, output: torch.Tensor, x_t: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Convert a network ``output`` at ``x_t`` to ``(eps, x0)``."""
+
+    @abc.abstractmethod
+    def eps_error_factor(self, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """f with ||eps_hat - eps||^2 = f * ||output - target||^2 (loss weights are eps-space)."""
 
 
 class Denoiser(Component, nn.Module, abc.ABC):
@@ -339,3 +343,67 @@ class Dataset(Component, abc.ABC):
             labels=torch.tensor([e.label for e in examples], dtype=torch.long),
             captions=tuple(e.caption for e in examples),
         )
+
+
+# ---------------------------------------------------------------------------------------------
+# Supporting kinds of the training objective
+# ---------------------------------------------------------------------------------------------
+
+
+class ReverseVariance(Component, nn.Module, abc.ABC):
+    """sigma^2 of the reverse step p_theta(x_s | x_t) = N(mu_theta(x_t, t), sigma^2 I) (kind
+    ``variance``).
+
+    A step goes from training index ``t`` to ``s`` < ``t`` (``s = t - 1`` on the full chain,
+    ``s = -1`` lands on x_0). ``extra`` holds the network's output channels beyond the data's
+    (``None`` when it has none); a variance with ``output_multiplier = 2`` makes the pipeline
+    build the denoiser with twice the data's channels and reads its second half. As a module,
+    anything a variance estimates (Analytic-DPM's table) is saved with the model's weights.
+    """
+
+    output_multiplier: ClassVar[int] = 1
+
+    def __init__(self, params: _ParamsModel | None = None) -> None:
+        nn.Module.__init__(self)
+        self._set_params(params)
+
+    def fit(self, model: DiffusionModel, data: Iterable[torch.Tensor]) -> None:
+        """Estimate what the variance needs from data batches, after training (a variance
+        without such a need does nothing)."""
+
+    @abc.abstractmethod
+    def log_variance(
+        self,
+        model: DiffusionModel,
+        t: torch.Tensor,
+        s: torch.Tensor,
+        extra: torch.Tensor | None,
+        x_t: torch.Tensor,
+    ) -> torch.Tensor:
+        """log sigma^2 for the steps ``t -> s`` (each ``(B,)``), broadcastable to ``x_t``."""
+
+
+class LossWeighting(Component, abc.ABC):
+    """Which timesteps training sees and how much each counts (kind ``weighting``).
+
+    :meth:`weights` gives w_t in eps space: the loss of an example is w_t ||eps_hat - eps||^2
+    averaged over dimensions, whatever the parameterization (the model converts).
+    :meth:`sample_t` draws the training indices with a correction factor for non-uniform
+    draws, and :meth:`observe` receives each example's loss afterwards (for weightings that
+    learn from history).
+    """
+
+    def weights(self, t: torch.Tensor, model: DiffusionModel) -> torch.Tensor:
+        """w_t for the indices ``t`` ``(B,)``; the default is 1 (L_simple)."""
+        return torch.ones_like(t, dtype=torch.float32)
+
+    def sample_t(
+        self, batch: int, model: DiffusionModel, generator: torch.Generator | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(t, correction)``: indices ``(B,)`` and factors ``(B,)`` that keep the loss unbiased
+        (1 / (T p_t)); the default is uniform with factor 1 (Ho et al. Algorithm 1, line 3)."""
+        t = torch.randint(0, model.T, (batch,), generator=generator)
+        return t, torch.ones(batch)
+
+    def observe(self, t: torch.Tensor, losses: torch.Tensor) -> None:
+        """Per-example losses (detached) of the indices ``t``; the default ignores them."""

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Sequence
+from typing import Literal
 
 import torch
 from torch import nn
@@ -13,19 +15,31 @@ from ddpmkit.interfaces import (
     Conditioning,
     Denoiser,
     Guidance,
+    LossWeighting,
     NoiseSchedule,
     Parameterization,
     PredictFn,
     Prediction,
+    ReverseVariance,
+)
+from ddpmkit.likelihood import (
+    discretized_gaussian_log_likelihood,
+    gaussian_log_likelihood,
+    normal_kl,
 )
 
-LossWeighting = Callable[[torch.Tensor, "DiffusionModel"], torch.Tensor]
-"""``(t, model) -> w_t`` of shape ``(B,)``: a per-timestep weight on the regression loss."""
+Decoder = Literal["discretized", "gaussian"]
+"""L_0's decoder: discretized Gaussian for 8-bit data (Ho et al. eq. 13), or a plain Gaussian."""
+
+
+def column(values: torch.Tensor, ndim: int) -> torch.Tensor:
+    """Shape per-example ``values`` ``(B,)`` as ``(B, 1, ..., 1)`` for ``ndim``-dim tensors."""
+    return values.reshape(values.shape[0], *([1] * (ndim - 1)))
 
 
 def broadcast(values: torch.Tensor, t: torch.Tensor, ndim: int) -> torch.Tensor:
     """Gather ``values[t]`` and shape it ``(B, 1, ..., 1)`` to broadcast against ``ndim`` dims."""
-    return values[t].reshape(t.shape[0], *([1] * (ndim - 1)))
+    return column(values[t], ndim)
 
 
 class DiffusionModel(nn.Module):
@@ -38,14 +52,11 @@ class DiffusionModel(nn.Module):
     """
 
     alphas_cumprod: torch.Tensor
-    alphas_cumprod_prev: torch.Tensor
+    alphas_cumprod64: torch.Tensor
     betas: torch.Tensor
     sqrt_alphas_cumprod: torch.Tensor
     sqrt_one_minus_alphas_cumprod: torch.Tensor
     posterior_variance: torch.Tensor
-    posterior_log_variance_clipped: torch.Tensor
-    posterior_mean_coef1: torch.Tensor
-    posterior_mean_coef2: torch.Tensor
 
     def __init__(
         self,
@@ -53,6 +64,8 @@ class DiffusionModel(nn.Module):
         denoiser: Denoiser,
         parameterization: Parameterization,
         conditioner: Conditioner | None = None,
+        variance: ReverseVariance | None = None,
+        decoder: Decoder = "discretized",
     ) -> None:
         super().__init__()
         self.schedule = schedule
@@ -61,29 +74,23 @@ class DiffusionModel(nn.Module):
         self.parameterization = parameterization
         self.conditioner = conditioner
 
+        self.variance = variance
+        self.decoder: Decoder = decoder
+
         abar = schedule.alphas_cumprod
         abar_prev = torch.cat([abar.new_ones(1), abar[:-1]])
-        betas = schedule.betas
-        # beta~_t = (1 - abar_{t-1}) / (1 - abar_t) * beta_t   (Ho et al. eq. 7)
-        posterior_variance = (1.0 - abar_prev) / (1.0 - abar) * betas
-        # mu~_t = coef1 * x_0 + coef2 * x_t                      (Ho et al. eq. 7)
-        coef1 = abar_prev.sqrt() * betas / (1.0 - abar)
-        coef2 = schedule.alphas.sqrt() * (1.0 - abar_prev) / (1.0 - abar)
-        # beta~ at index 0 is 0; log uses beta~ of index 1 there (as in Ho et al.'s code)
-        log_var = torch.log(torch.cat([posterior_variance[1:2], posterior_variance[1:]]))
 
         def buf(name: str, value: torch.Tensor) -> None:
             self.register_buffer(name, value.to(torch.float32), persistent=False)
 
         buf("alphas_cumprod", abar)
-        buf("alphas_cumprod_prev", abar_prev)
-        buf("betas", betas)
+        # float64 copy for step variances: 1 - abar_t / abar_s cancels badly in float32
+        self.register_buffer("alphas_cumprod64", abar.clone(), persistent=False)
         buf("sqrt_alphas_cumprod", abar.sqrt())
         buf("sqrt_one_minus_alphas_cumprod", (1.0 - abar).sqrt())
-        buf("posterior_variance", posterior_variance)
-        buf("posterior_log_variance_clipped", log_var)
-        buf("posterior_mean_coef1", coef1)
-        buf("posterior_mean_coef2", coef2)
+        buf("betas", schedule.betas)
+        # beta~_t = (1 - abar_{t-1}) / (1 - abar_t) beta_t (Ho et al. eq. 7), in float64 first
+        buf("posterior_variance", (1.0 - abar_prev) / (1.0 - abar) * schedule.betas)
 
     @property
     def T(self) -> int:
@@ -110,17 +117,50 @@ class DiffusionModel(nn.Module):
         alpha, sigma = self.alpha_sigma(t, x0.ndim)
         return alpha * x0, sigma**2
 
+    def abar_at(self, s: torch.Tensor) -> torch.Tensor:
+        """abar_s (float64) for indices ``s`` ``(B,)``, with abar_{-1} = 1 (the clean data)."""
+        return torch.where(s >= 0, self.alphas_cumprod64[s.clamp(min=0)], 1.0)
+
+    def step_variances(self, t: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """beta_{t|s} = 1 - abar_t / abar_s and beta~_{t|s} = (1 - abar_s)/(1 - abar_t) beta_{t|s}.
+
+        The forward and posterior variances of a step from index ``t`` down to ``s`` (Ho et al.
+        eq. 7 for s = t - 1; Song et al. 2021 eq. 7 for any s < t), each ``(B,)``.
+        """
+        abar_t, abar_s = self.abar_at(t), self.abar_at(s)
+        beta = 1.0 - abar_t / abar_s
+        return beta, (1.0 - abar_s) / (1.0 - abar_t) * beta
+
+    def step_log_variances(
+        self, t: torch.Tensor, s: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(log beta_{t|s}, log beta~_{t|s})``, clipped below at log beta~ of index 1.
+
+        beta~ is 0 on the step that lands on x_0; as in Ho et al.'s code its log is clipped to
+        the first non-zero posterior variance so likelihoods stay finite.
+        """
+        beta, beta_tilde = self.step_variances(t, s)
+        floor = float(self.posterior_variance[min(1, self.T - 1)].clamp(min=1e-20))
+        dtype = self.alphas_cumprod.dtype
+        log_beta, log_beta_tilde = beta.clamp(min=floor).log(), beta_tilde.clamp(min=floor).log()
+        return log_beta.to(dtype), log_beta_tilde.to(dtype)
+
     def q_posterior(
-        self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
+        self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, s: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Mean, variance and clipped log-variance of q(x_{t-1} | x_t, x_0) (Ho et al. eq. 6-7)."""
-        mean = (
-            broadcast(self.posterior_mean_coef1, t, x_t.ndim) * x0
-            + broadcast(self.posterior_mean_coef2, t, x_t.ndim) * x_t
-        )
-        variance = broadcast(self.posterior_variance, t, x_t.ndim)
-        log_variance = broadcast(self.posterior_log_variance_clipped, t, x_t.ndim)
-        return mean, variance, log_variance
+        """Mean, variance and clipped log-variance of q(x_s | x_t, x_0), s = t - 1 by default.
+
+        mu~ = sqrt(abar_s) beta_{t|s} / (1 - abar_t) x_0 + sqrt(abar_t / abar_s) (1 - abar_s)
+        / (1 - abar_t) x_t (Ho et al. eq. 7; any s < t as in Song et al. 2021 eq. 7).
+        """
+        s = t - 1 if s is None else s
+        abar_t, abar_s = self.abar_at(t), self.abar_at(s)
+        beta, beta_tilde = self.step_variances(t, s)
+        coef_x0 = (abar_s.sqrt() * beta / (1.0 - abar_t)).to(x_t.dtype)
+        coef_xt = ((abar_t / abar_s).sqrt() * (1.0 - abar_s) / (1.0 - abar_t)).to(x_t.dtype)
+        mean = column(coef_x0, x_t.ndim) * x0 + column(coef_xt, x_t.ndim) * x_t
+        log_variance = column(self.step_log_variances(t, s)[1], x_t.ndim).to(x_t.dtype)
+        return mean, column(beta_tilde.to(x_t.dtype), x_t.ndim), log_variance
 
     # -- reverse process ---------------------------------------------------------------------
 
@@ -128,11 +168,89 @@ class DiffusionModel(nn.Module):
         self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning | None = None
     ) -> Prediction:
         """Run the denoiser and convert its output to eps and x0 via the parameterization."""
-        output = self.denoiser(x_t, t, cond)
+        return self.prediction_from_output(self.denoiser(x_t, t, cond), x_t, t)
+
+    def prediction_from_output(
+        self, output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
+    ) -> Prediction:
+        """Convert a raw network output (first ``C`` channels) to eps and x0."""
         alpha, sigma = self.alpha_sigma(t, x_t.ndim)
         channels = x_t.shape[1]
         eps, x0 = self.parameterization.to_eps_x0(output[:, :channels], x_t, alpha, sigma)
         return Prediction(eps=eps, x0=x0, output=output)
+
+    def reverse_log_variance(
+        self, pred: Prediction, x_t: torch.Tensor, t: torch.Tensor, s: torch.Tensor
+    ) -> torch.Tensor:
+        """log sigma^2 of p_theta(x_s | x_t): the variance component's, or sigma^2 = beta_{t|s}
+        (Ho et al. Algorithm 2) when the model has none."""
+        if self.variance is None:
+            return column(self.step_log_variances(t, s)[0], x_t.ndim)
+        channels = x_t.shape[1]
+        extra = pred.output[:, channels:] if pred.output.shape[1] > channels else None
+        return self.variance.log_variance(self, t, s, extra, x_t)
+
+    def p_mean_variance(
+        self, pred: Prediction, x_t: torch.Tensor, t: torch.Tensor, s: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and log-variance of p_theta(x_s | x_t), s = t - 1 by default.
+
+        mu_theta(x_t, t) = mu~_t(x_t, x0_hat) (Ho et al. eq. 11 written through eq. 7).
+        """
+        s = t - 1 if s is None else s
+        mean, _, _ = self.q_posterior(pred.x0, x_t, t, s)
+        return mean, self.reverse_log_variance(pred, x_t, t, s)
+
+    # -- variational bound -------------------------------------------------------------------
+
+    def vlb_term(
+        self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, pred: Prediction
+    ) -> torch.Tensor:
+        """L_{t-1} = KL(q(x_{t-1}|x_t,x_0) || p_theta(x_{t-1}|x_t)) for t > 0 and
+        L_0 = -log p_theta(x_0|x_1) for t = 0 (Ho et al. eq. 5, 13), in nats per example."""
+        true_mean, _, true_log_var = self.q_posterior(x0, x_t, t)
+        mean, log_var = self.p_mean_variance(pred, x_t, t)
+        kl = normal_kl(true_mean, true_log_var, mean, log_var).flatten(1).sum(1)
+        if self.decoder == "discretized":
+            log_px = discretized_gaussian_log_likelihood(x0, mean, 0.5 * log_var)
+        else:
+            log_px = gaussian_log_likelihood(x0, mean, 0.5 * log_var)
+        nll = -log_px.flatten(1).sum(1)
+        return torch.where(t == 0, nll, kl)
+
+    def prior_kl(self, x0: torch.Tensor) -> torch.Tensor:
+        """L_T = KL(q(x_T | x_0) || N(0, I)) in nats per example (Ho et al. eq. 5)."""
+        t = torch.full((x0.shape[0],), self.T - 1, device=x0.device, dtype=torch.long)
+        mean, var = self.q_mean_variance(x0, t)
+        zeros = torch.zeros_like(x0)
+        return normal_kl(mean, var.log().expand_as(x0), zeros, zeros).flatten(1).sum(1)
+
+    @torch.no_grad()
+    def vlb_terms(
+        self,
+        x0: torch.Tensor,
+        cond: Conditioning | None = None,
+        *,
+        generator: torch.Generator | None = None,
+        callback: Callable[[int], None] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every term of L_VLB for a batch: ``(terms (B, T), prior (B,))`` in nats.
+
+        ``terms[:, t]`` is L_{t-1} at index t (L_0 at index 0) for one draw of x_t per example;
+        their sum plus the prior L_T is the bound on -log p(x_0).
+        """
+        terms = torch.empty(x0.shape[0], self.T, device=x0.device)
+        for index in range(self.T):
+            t = torch.full((x0.shape[0],), index, device=x0.device, dtype=torch.long)
+            x_t = self.q_sample(x0, t, randn_like(x0, generator))
+            terms[:, index] = self.vlb_term(x0, x_t, t, self.predict(x_t, t, cond))
+            if callback is not None:
+                callback(index)
+        return terms, self.prior_kl(x0)
+
+    def bits_per_dim(self, nats: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        """Convert per-example nats to bits per dimension of ``x0``."""
+        return nats / (x0[0].numel() * math.log(2.0))
 
     def encode(self, raw: object) -> Conditioning | None:
         """Encode raw conditions with the conditioner (``None`` when there is none)."""
@@ -150,18 +268,25 @@ class DiffusionModel(nn.Module):
         t: torch.Tensor | None = None,
         eps: torch.Tensor | None = None,
         weighting: LossWeighting | None = None,
+        vlb_weight: float = 0.0,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """L_simple (Ho et al. eq. 14, Algorithm 1), optionally weighted per timestep.
+        """L_simple (Ho et al. eq. 14, Algorithm 1), weighted, plus lambda L_vlb (hybrid).
 
-        ``t`` and ``eps`` default to fresh draws (uniform over 0..T-1 and N(0, I)) from
-        ``generator``; returns the scalar mean over the batch.
+        With ``vlb_weight`` lambda > 0 this is L_hybrid = L_simple + lambda L_vlb of Nichol &
+        Dhariwal (2021, section 3.1): L_vlb = T L_t in bits per dimension, with the mean's
+        gradient stopped so that the VLB term only trains the variance. ``t`` and ``eps``
+        default to fresh draws from ``generator``; returns the batch mean.
         """
-        batch = x0.shape[0]
-        # Algorithm 1, line 3: t ~ Uniform({1, ..., T})  (indices 0..T-1 here)
+        batch, channels = x0.shape[0], x0.shape[1]
+        correction = torch.ones(batch)
+        # Algorithm 1, line 3: t ~ Uniform({1, ..., T}) (indices 0..T-1), or the weighting's law
         if t is None:
-            t = torch.randint(0, self.T, (batch,), generator=generator, device="cpu")
-            t = t.to(x0.device)
+            if weighting is not None:
+                t, correction = weighting.sample_t(batch, self, generator)
+            else:
+                t = torch.randint(0, self.T, (batch,), generator=generator)
+        t, correction = t.to(x0.device), correction.to(x0.device)
         # line 4: eps ~ N(0, I)
         if eps is None:
             eps = randn_like(x0, generator)
@@ -169,11 +294,19 @@ class DiffusionModel(nn.Module):
         x_t = self.q_sample(x0, t, eps)
         alpha, sigma = self.alpha_sigma(t, x0.ndim)
         target = self.parameterization.target(x0, eps, alpha, sigma)
-        output = self.denoiser(x_t, t, cond)[:, : x0.shape[1]]
-        per_sample = (output.float() - target.float()).pow(2).flatten(1).mean(dim=1)
+        output = self.denoiser(x_t, t, cond)
+        error = (output[:, :channels].float() - target.float()).pow(2).flatten(1).mean(dim=1)
         if weighting is not None:
-            per_sample = per_sample * weighting(t, self).to(per_sample.dtype)
-        return per_sample.mean()
+            factor = self.parameterization.eps_error_factor(alpha, sigma).flatten()
+            error = error * (weighting.weights(t, self).to(error.device) * factor).float()
+        if vlb_weight > 0:
+            # stop-gradient on the mean: the VLB term trains the variance channels only
+            frozen = torch.cat([output[:, :channels].detach(), output[:, channels:]], dim=1)
+            term = self.vlb_term(x0, x_t, t, self.prediction_from_output(frozen, x_t, t))
+            error = error + vlb_weight * self.T * self.bits_per_dim(term, x0)
+        if weighting is not None:
+            weighting.observe(t.cpu(), error.detach().cpu())
+        return (error * correction).mean()
 
 
 def randn(

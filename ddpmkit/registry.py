@@ -24,6 +24,8 @@ KIND_GROUPS: Mapping[str, str] = {
     "guidance": "ddpmkit.guidance",
     "conditioner": "ddpmkit.conditioners",
     "dataset": "ddpmkit.datasets",
+    "variance": "ddpmkit.variances",
+    "weighting": "ddpmkit.weightings",
 }
 """Each component kind and the entry-point group its plugins register in."""
 

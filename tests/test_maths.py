@@ -196,7 +196,12 @@ def test_loss_is_l_simple() -> None:
     expected = (eps - model.denoiser(model.q_sample(x0, t, eps), t)).pow(2).mean()
     torch.testing.assert_close(model.loss(x0, t=t, eps=eps), expected.float())
     # a weighting multiplies each example's error before the batch mean
-    weighted = model.loss(x0, t=t, eps=eps, weighting=lambda t, m: (t == 5).double())
+
+    class OnlyFive(ddpmkit.LossWeighting):
+        def weights(self, t: torch.Tensor, model: DiffusionModel) -> torch.Tensor:
+            return (t == 5).double()
+
+    weighted = model.loss(x0, t=t, eps=eps, weighting=OnlyFive())
     per = (eps - model.denoiser(model.q_sample(x0, t, eps), t)).pow(2).flatten(1).mean(1)
     torch.testing.assert_close(weighted, (per[1] / 4).float(), check_dtype=False)
 

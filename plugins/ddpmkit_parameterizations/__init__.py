@@ -24,6 +24,10 @@ class EpsParameterization(Parameterization):
         """eps = output; x0 from eq. 4."""
         return output, x0_from_eps(x_t, output, alpha, sigma)
 
+    def eps_error_factor(self, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """The target is eps: f = 1."""
+        return torch.ones_like(alpha)
+
 
 class X0Parameterization(Parameterization):
     """The network predicts the clean sample x_0 (Ho et al. 2020, section 3.2)."""
@@ -40,6 +44,10 @@ class X0Parameterization(Parameterization):
         """x0 = output; eps from eq. 4."""
         return eps_from_x0(x_t, output, alpha, sigma), output
 
+    def eps_error_factor(self, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """eps_hat - eps = -(alpha / sigma)(x0_hat - x0): f = alpha^2 / sigma^2 = SNR."""
+        return alpha**2 / sigma**2
+
 
 class VParameterization(Parameterization):
     """The network predicts v = alpha eps - sigma x_0 (Salimans & Ho 2022, section 4)."""
@@ -55,3 +63,7 @@ class VParameterization(Parameterization):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """x_0 = alpha x_t - sigma v and eps = sigma x_t + alpha v (alpha^2 + sigma^2 = 1)."""
         return sigma * x_t + alpha * output, alpha * x_t - sigma * output
+
+    def eps_error_factor(self, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """eps_hat - eps = alpha (v_hat - v) when alpha^2 + sigma^2 = 1: f = alpha^2."""
+        return alpha**2

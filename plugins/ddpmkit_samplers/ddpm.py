@@ -2,32 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
-from pydantic import Field
 
 from ddpmkit import DiffusionModel, Prediction, randn_like
-from ddpmkit_samplers.chain import ChainSampler, ChainSamplerParams
-
-
-class DDPMSamplerParams(ChainSamplerParams):
-    """Parameters of the ``ddpm`` sampler."""
-
-    variance: Literal["beta", "beta_tilde"] = Field(
-        "beta",
-        description=(
-            "Reverse variance sigma_t^2: beta_t (the upper bound) or the posterior variance "
-            "beta~_t (the lower bound); Ho et al. section 3.2 found both work similarly."
-        ),
-    )
+from ddpmkit_samplers.chain import ChainSampler
 
 
 class DDPMSampler(ChainSampler):
-    """x_{t-1} = mu_theta(x_t, t) + sigma_t z over all T steps (Ho et al. 2020, Algorithm 2)."""
+    """x_{t-1} = mu_theta(x_t, t) + sigma_t z over all T steps (Ho et al. 2020, Algorithm 2).
 
-    Params = DDPMSamplerParams
-    params: DDPMSamplerParams
+    sigma_t^2 is the model's reverse variance: beta_t, beta~_t, learned or analytic, whichever
+    the model was built with.
+    """
 
     def timesteps(self, model: DiffusionModel) -> list[int]:
         """Every training step, T-1 down to 0."""
@@ -44,12 +30,9 @@ class DDPMSampler(ChainSampler):
     ) -> torch.Tensor:
         """Algorithm 2, lines 3-4."""
         t_batch = torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)
-        # mu_theta(x_t, t) = mu~_t(x_t, x0_hat): Ho et al. eq. 11 written through eq. 7
-        mean, _, _ = model.q_posterior(pred.x0, x_t, t_batch)
+        mean, log_variance = model.p_mean_variance(pred, x_t, t_batch, t_batch - 1)
         # line 3: z ~ N(0, I) if t > 1, else z = 0  (index 0 is the paper's t = 1)
         if t == 0:
             return mean
-        variances = model.betas if self.params.variance == "beta" else model.posterior_variance
-        sigma = variances[t].sqrt()
         # line 4: x_{t-1} = mu_theta + sigma_t z
-        return mean + sigma * randn_like(x_t, generator)
+        return mean + (0.5 * log_variance).exp() * randn_like(x_t, generator)

@@ -1,0 +1,12 @@
+"""Bundled reverse variances: fixed (Ho et al.), learned (Nichol & Dhariwal), analytic (Bao)."""
+
+from ddpmkit_variances.analytic import AnalyticVariance
+from ddpmkit_variances.fixed import FixedLargeVariance, FixedSmallVariance
+from ddpmkit_variances.learned import LearnedRangeVariance
+
+__all__ = [
+    "AnalyticVariance",
+    "FixedLargeVariance",
+    "FixedSmallVariance",
+    "LearnedRangeVariance",
+]

@@ -48,6 +48,30 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Evaluate a trained run: NLL in bits/dim (all T terms) and SWD, into its run folder."""
+    from ddpmkit.checkpoint import list_checkpoints
+    from ddpmkit.config import EvalConfig
+    from ddpmkit.pipeline import Pipeline, latest_run_directory, load_weights
+
+    config = load_config(args.file, args.overrides)
+    if config.eval is None:
+        config = config.model_copy(update={"eval": EvalConfig()})
+    pipeline = Pipeline.build(config)
+    directory = Path(args.run) if args.run else latest_run_directory(config)
+    checkpoint = Path(args.checkpoint) if args.checkpoint else None
+    if checkpoint is None:
+        found = list_checkpoints(directory / "checkpoints")
+        if not found:
+            raise DdpmkitError(f"no checkpoint in {directory / 'checkpoints'}")
+        checkpoint = found[-1][1]
+    model = load_weights(pipeline.model, checkpoint, use_ema=not args.no_ema)
+    pipeline.fit_variance(model)
+    pipeline.evaluate(model, directory, progress=not args.quiet)
+    print(f"eval written to {directory / 'eval.json'}")
+    return 0
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     """Check the file and every component's params; build the components, run nothing."""
     from ddpmkit.pipeline import Pipeline
@@ -109,6 +133,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.set_defaults(func=cmd_run)
+
+    evaluate = sub.add_parser(
+        "eval", help="evaluate a trained run: NLL in bits/dim over a data split, SWD"
+    )
+    _pipeline_arguments(evaluate)
+    evaluate.add_argument("--run", metavar="RUN_DIR", help="run folder (default: the latest)")
+    evaluate.add_argument("--checkpoint", metavar="PATH", help="checkpoint (default: newest)")
+    evaluate.add_argument("--no-ema", action="store_true", help="use the raw, not EMA, weights")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
+    evaluate.set_defaults(func=cmd_eval)
 
     validate = sub.add_parser("validate", help="check a pipeline file without running it")
     _pipeline_arguments(validate)

@@ -66,6 +66,17 @@ class TrainConfig(Section):
         0, ge=0, description="Steps between checkpoints (0: only at the end)."
     )
     keep_checkpoints: int = Field(2, ge=1, description="How many recent checkpoints to keep.")
+    vlb_weight: float = Field(
+        0.0,
+        ge=0,
+        description=(
+            "lambda of L_hybrid = L_simple + lambda L_vlb (Nichol & Dhariwal use 0.001); the "
+            "VLB term trains a learned variance, its mean's gradient stopped."
+        ),
+    )
+    weighting: ComponentConfig | None = Field(
+        None, description="A loss weighting component (`[train.weighting]`; absent: simple)."
+    )
 
     @field_validator("adam_betas")
     @classmethod
@@ -90,6 +101,23 @@ class SampleConfig(Section):
     grid_scale: int = Field(4, ge=1, description="Integer upscaling of the grid PNG.")
 
 
+class EvalConfig(Section):
+    """``[eval]``: NLL in bits/dim over a data split, and sample quality."""
+
+    data: ComponentConfig | None = Field(
+        None, description="The data set evaluated (absent: the training data set)."
+    )
+    num_examples: int = Field(256, ge=1, description="Examples evaluated (from index 0).")
+    batch_size: int = Field(64, ge=1, description="Examples per batch.")
+    nll: bool = Field(True, description="Compute the VLB: NLL in bits/dim, every term of all T.")
+    swd: bool = Field(
+        False, description="Sliced Wasserstein distance between [sample] samples and the data."
+    )
+    swd_samples: int = Field(1000, ge=2, description="Samples (and data examples) for the SWD.")
+    swd_projections: int = Field(256, ge=1, description="Random directions of the SWD.")
+    seed: int | None = Field(None, description="Evaluation seed (default: the pipeline seed).")
+
+
 class OutputConfig(Section):
     """``[output]``: where the run folder goes."""
 
@@ -112,8 +140,12 @@ class PipelineConfig(Section):
         default_factory=lambda: ComponentConfig(type="eps"), description="What the net predicts."
     )
     denoiser: ComponentConfig = Field(description="The denoising network.")
+    variance: ComponentConfig | None = Field(
+        None, description="Reverse variance (absent: sigma_t^2 = beta_t, Ho et al. Algorithm 2)."
+    )
     train: TrainConfig | None = Field(None, description="Training stage (absent: skipped).")
     sample: SampleConfig | None = Field(None, description="Sampling stage (absent: skipped).")
+    eval: EvalConfig | None = Field(None, description="Evaluation stage (absent: skipped).")
     output: OutputConfig = Field(default_factory=lambda: OutputConfig(), description="Run folder.")
 
     @field_validator("device")
@@ -129,9 +161,15 @@ class PipelineConfig(Section):
         yield "data", "dataset", self.data
         yield "schedule", "schedule", self.schedule
         yield "parameterization", "parameterization", self.parameterization
+        if self.variance is not None:
+            yield "variance", "variance", self.variance
         yield "denoiser", "denoiser", self.denoiser
+        if self.train is not None and self.train.weighting is not None:
+            yield "train.weighting", "weighting", self.train.weighting
         if self.sample is not None:
             yield "sample.sampler", "sampler", self.sample.sampler
+        if self.eval is not None and self.eval.data is not None:
+            yield "eval.data", "dataset", self.eval.data
 
 
 def parse_toml(text: str, source: str) -> dict[str, Any]:

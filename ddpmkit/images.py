@@ -133,3 +133,52 @@ def load_image(path: str | os.PathLike[str], channels: int, size: int) -> torch.
         img = img.resize((size, size), method)
     array = np.asarray(img, dtype=np.uint8).reshape(size, size, channels)
     return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 127.5 - 1.0
+
+
+def save_scatter(
+    points: torch.Tensor,
+    path: str | os.PathLike[str],
+    reference: torch.Tensor | None = None,
+    size: int = 512,
+) -> Path:
+    """Draw ``points`` ``(N, D)`` as a ``size`` x ``size`` PNG scatter plot; return its path.
+
+    The first two coordinates are plotted (x to the right, y up) in blue over the optional
+    ``reference`` points ``(M, D)`` in light grey; both axes use one scale, fitted to both sets,
+    with grey lines at x = 0 and y = 0. Non-finite points are skipped. The file is written
+    atomically by :func:`save_grid`, the image passing through ``[-1, 1]`` exactly.
+    """
+    from PIL import ImageDraw  # only the scatter plot draws
+
+    sets = [points] if reference is None else [reference, points]
+    if any(s.ndim != 2 or s.shape[1] < 2 for s in sets) or size < 16:
+        raise ValueError(
+            f"save_scatter expects (N, D >= 2) point sets and size >= 16, got "
+            f"{[tuple(s.shape) for s in sets]} and size {size}"
+        )
+    xy = [s.detach()[:, :2].double().cpu() for s in sets]
+    xy = [s[torch.isfinite(s).all(dim=1)] for s in xy]
+    both = torch.cat(xy)
+    lo, hi = (both.amin(0), both.amax(0)) if len(both) else (torch.zeros(2), torch.zeros(2))
+    centre = (lo + hi).double() / 2
+    half = max(float((hi - lo).max()) / 2, 1e-6) * 1.05  # one scale for both axes, 5% margin
+    radius = max(1, size // 256)
+    inner = size - 1 - 2 * radius
+
+    def to_pixels(p: torch.Tensor) -> torch.Tensor:
+        unit = (p - centre + half) / (2 * half)  # [0, 1]^2, y still pointing up
+        return torch.stack([unit[:, 0], 1 - unit[:, 1]], dim=1) * inner + radius
+
+    picture = Image.new("RGB", (size, size), (255, 255, 255))
+    draw = ImageDraw.Draw(picture)
+    zero = to_pixels(torch.zeros(1, 2, dtype=torch.float64))[0].tolist()
+    if 0 <= zero[0] < size:
+        draw.line([(zero[0], 0), (zero[0], size)], fill=(225, 225, 225))
+    if 0 <= zero[1] < size:
+        draw.line([(0, zero[1]), (size, zero[1])], fill=(225, 225, 225))
+    colours = [(31, 119, 180)] if reference is None else [(190, 190, 190), (31, 119, 180)]
+    for s, colour in zip(xy, colours, strict=True):
+        for u, v in to_pixels(s).tolist():
+            draw.ellipse((u - radius, v - radius, u + radius, v + radius), fill=colour)
+    image = torch.from_numpy(np.asarray(picture).copy()).permute(2, 0, 1).float() / 127.5 - 1.0
+    return save_grid(image[None], path, nrow=1, padding=0)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import attrs
 import torch
@@ -362,6 +362,8 @@ class ReverseVariance(Component, nn.Module, abc.ABC):
     """
 
     output_multiplier: ClassVar[int] = 1
+    fixed: ClassVar[Literal["beta", "beta_tilde"] | None] = None
+    """For a fixed variance, which one: sigma^2 = beta_{t|s} or beta~_{t|s} (else ``None``)."""
 
     def __init__(self, params: _ParamsModel | None = None) -> None:
         nn.Module.__init__(self)
@@ -393,6 +395,12 @@ class LossWeighting(Component, abc.ABC):
     learn from history).
     """
 
+    def check(self, model: DiffusionModel) -> None:
+        """Raise :class:`~ddpmkit.ConfigError` if this weighting cannot train ``model``.
+
+        Called when a pipeline is built, so a mismatch fails before training starts.
+        """
+
     def weights(self, t: torch.Tensor, model: DiffusionModel) -> torch.Tensor:
         """w_t for the indices ``t`` ``(B,)``; the default is 1 (L_simple)."""
         return torch.ones_like(t, dtype=torch.float32)
@@ -407,3 +415,10 @@ class LossWeighting(Component, abc.ABC):
 
     def observe(self, t: torch.Tensor, losses: torch.Tensor) -> None:
         """Per-example losses (detached) of the indices ``t``; the default ignores them."""
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """What :meth:`observe` has learned, for checkpoints (the default has nothing)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore :meth:`state_dict` from a checkpoint."""

@@ -17,10 +17,12 @@ from ddpmkit import registry
 from ddpmkit.checkpoint import load_checkpoint
 from ddpmkit.config import ComponentConfig, PipelineConfig, config_to_dict
 from ddpmkit.errors import ConfigError, DdpmkitError
+from ddpmkit.evaluate import data_batches, nll_bits_per_dim, swd_to_data, write_eval
 from ddpmkit.hooks import plugin_manager
-from ddpmkit.images import save_grid
-from ddpmkit.interfaces import Component, Dataset, Sampler, SamplerStep
+from ddpmkit.images import save_grid, save_scatter
+from ddpmkit.interfaces import Dataset, LossWeighting, Sampler, SamplerStep
 from ddpmkit.model import DiffusionModel
+from ddpmkit.plots import plot_vlb_terms
 from ddpmkit.runinfo import RunInfo
 from ddpmkit.train import Trainer
 
@@ -56,9 +58,8 @@ class Pipeline:
 
     config: PipelineConfig
     device: torch.device
-    dataset: Dataset
+    built: dict[str, Any]
     model: DiffusionModel
-    sampler: Sampler | None
 
     @classmethod
     def build(cls, config: PipelineConfig) -> Pipeline:
@@ -70,40 +71,49 @@ class Pipeline:
             except registry.PluginError as exc:
                 raise ConfigError(f"{where}.type: {exc}") from exc
         torch.manual_seed(config.seed)
-        dataset: Dataset = _build("dataset", "data", config.data)
-        schedule = _build("schedule", "schedule", config.schedule)
-        parameterization = _build("parameterization", "parameterization", config.parameterization)
-        denoiser = _build(
-            "denoiser",
-            "denoiser",
-            config.denoiser,
-            in_channels=dataset.channels,
-            out_channels=dataset.channels,
-        )
-        sampler = None
-        if config.sample is not None:
-            sampler = _build("sampler", "sample.sampler", config.sample.sampler)
-        model = DiffusionModel(schedule, denoiser, parameterization).to(device)
-        pipeline = cls(config, device, dataset, model, sampler)
+        built: dict[str, Any] = {}
+        for where, kind, section in config.component_sections():
+            fill: dict[str, Any] = {}
+            if where == "denoiser":
+                channels = built["data"].channels
+                multiplier = built["variance"].output_multiplier if "variance" in built else 1
+                fill = {"in_channels": channels, "out_channels": channels * multiplier}
+            built[where] = _build(kind, where, section, **fill)
+        model = DiffusionModel(
+            built["schedule"],
+            built["denoiser"],
+            built["parameterization"],
+            variance=built.get("variance"),
+            decoder="discretized" if len(built["data"].shape) == 3 else "gaussian",
+        ).to(device)
+        pipeline = cls(config, device, built, model)
         pipeline.check_compatible()
         return pipeline
 
-    def components(self) -> dict[str, Component]:
-        """Each built component by the key path of its section."""
-        found: dict[str, Component] = {
-            "data": self.dataset,
-            "schedule": self.model.schedule,
-            "parameterization": self.model.parameterization,
-            "denoiser": self.model.denoiser,
-        }
-        if self.sampler is not None:
-            found["sample.sampler"] = self.sampler
-        return found
+    @property
+    def dataset(self) -> Dataset:
+        """The training data set."""
+        return self.built["data"]
+
+    @property
+    def sampler(self) -> Sampler | None:
+        """The ``[sample]`` sampler, if any."""
+        return self.built.get("sample.sampler")
+
+    @property
+    def weighting(self) -> LossWeighting | None:
+        """The ``[train.weighting]`` loss weighting, if any."""
+        return self.built.get("train.weighting")
+
+    @property
+    def eval_dataset(self) -> Dataset:
+        """The data set ``[eval]`` measures (the training data unless it names another)."""
+        return self.built.get("eval.data", self.dataset)
 
     def resolved_config(self) -> dict[str, Any]:
         """The config as plain data, each component section with every parameter it used."""
         data = config_to_dict(self.config)
-        for where, component in self.components().items():
+        for where, component in self.built.items():
             *parents, leaf = where.split(".")
             section = data
             for part in parents:
@@ -125,11 +135,6 @@ class Pipeline:
                 f"denoiser.in_channels = {denoiser.in_channels} but data {self.config.data.type!r}"
                 f" has {self.dataset.channels} channels"
             )
-        if denoiser.out_channels < self.dataset.channels:
-            raise ConfigError(
-                f"denoiser.out_channels = {denoiser.out_channels} is fewer than the data's "
-                f"{self.dataset.channels} channels"
-            )
         if len(self.dataset) == 0:
             raise ConfigError(f"data: data set {self.config.data.type!r} is empty")
         if self.sampler is not None:
@@ -137,6 +142,20 @@ class Pipeline:
                 self.sampler.check(self.model)
             except ConfigError as exc:
                 raise ConfigError(f"sample.sampler: {exc}") from exc
+        if self.weighting is not None:
+            try:
+                self.weighting.check(self.model)
+            except ConfigError as exc:
+                raise ConfigError(f"train.weighting: {exc}") from exc
+        variance = self.model.variance
+        wanted = self.dataset.channels * (variance.output_multiplier if variance else 1)
+        if denoiser.out_channels != wanted:
+            raise ConfigError(
+                f"denoiser.out_channels = {denoiser.out_channels} but the data's "
+                f"{self.dataset.channels} channels with variance "
+                f"{self.config.variance.type if self.config.variance else 'fixed-large'!r} "
+                f"need {wanted}"
+            )
         # one tiny forward pass catches every shape mismatch the denoiser knows of
         probe = torch.zeros((1, *self.sample_shape), device=self.device)
         try:
@@ -161,7 +180,7 @@ class Pipeline:
         hook.ddpmkit_run_start(run=info)
         status = "failed"
         try:
-            sampling_model = self.model
+            model = self.model
             if self.config.train is not None:
                 trainer = Trainer(
                     self.model,
@@ -176,18 +195,22 @@ class Pipeline:
                     on_checkpoint=lambda step, path: hook.ddpmkit_checkpoint_saved(
                         run=info, step=step, path=path
                     ),
+                    weighting=self.weighting,
                     progress=progress,
                 )
                 if resume is not None:
                     trainer.resume()
                 trainer.train()
                 use_ema = self.config.sample is None or self.config.sample.use_ema
-                sampling_model = trainer.ema_model() if use_ema else self.model
+                model = trainer.ema_model() if use_ema else self.model
+            self.fit_variance(model)
             if self.config.sample is not None:
-                path = self.sample(sampling_model, directory / "samples.png", progress=progress)
+                path = self.write_samples(model, directory, progress=progress)
                 hook.ddpmkit_samples_written(
                     run=info, path=path, count=self.config.sample.num_samples
                 )
+            if self.config.eval is not None:
+                self.evaluate(model, directory, progress=progress)
             status = "completed"
         except KeyboardInterrupt:
             status = "interrupted"
@@ -196,28 +219,81 @@ class Pipeline:
             hook.ddpmkit_run_end(run=info, status=status)
         return directory
 
-    def sample(self, model: DiffusionModel, path: Path, *, progress: bool = True) -> Path:
-        """Draw ``sample.num_samples`` samples and write them as a PNG grid at ``path``."""
+    def fit_variance(self, model: DiffusionModel) -> None:
+        """Let the reverse variance estimate what it needs from the training data (Analytic-
+        DPM's Gamma_t); a variance with nothing to estimate ignores it."""
+        if model.variance is None:
+            return
+        batch = self.config.eval.batch_size if self.config.eval else 64
+        model.variance.fit(model, data_batches(self.dataset, len(self.dataset), batch, self.device))
+
+    def draw_samples(
+        self, model: DiffusionModel, count: int, *, seed: int, progress: bool = True
+    ) -> torch.Tensor:
+        """``count`` samples from ``model`` with the ``[sample]`` sampler, on the CPU."""
         cfg = self.config.sample
         if cfg is None or self.sampler is None:
             raise DdpmkitError("this pipeline has no [sample] section")
-        seed = cfg.seed if cfg.seed is not None else self.config.seed
         generator = torch.Generator().manual_seed(seed)
         model.eval()
         chunks = []
-        remaining = cfg.num_samples
-        batches = math.ceil(cfg.num_samples / cfg.batch_size)
+        batches = math.ceil(count / cfg.batch_size)
         for index in range(batches):
-            n = min(cfg.batch_size, remaining)
+            n = min(cfg.batch_size, count - index * cfg.batch_size)
             bar = _StepBar(f"sample {index + 1}/{batches}", progress)
-            chunks.append(
-                self.sampler.sample(
-                    model, (n, *self.sample_shape), generator=generator, callback=bar
-                ).cpu()
-            )
+            shape = (n, *self.sample_shape)
+            chunks.append(self.sampler.sample(model, shape, generator=generator, callback=bar))
             bar.close()
-            remaining -= n
-        return save_grid(torch.cat(chunks), path, nrow=cfg.grid_columns, scale=cfg.grid_scale)
+        return torch.cat([c.cpu() for c in chunks])
+
+    def write_samples(self, model: DiffusionModel, directory: Path, *, progress: bool) -> Path:
+        """Draw ``sample.num_samples`` samples; write a PNG grid (images) or scatter (vectors)."""
+        cfg = self.config.sample
+        assert cfg is not None  # run() only calls this with a [sample] section
+        seed = cfg.seed if cfg.seed is not None else self.config.seed
+        samples = self.draw_samples(model, cfg.num_samples, seed=seed, progress=progress)
+        if len(self.sample_shape) == 3:
+            path = directory / "samples.png"
+            return save_grid(samples, path, nrow=cfg.grid_columns, scale=cfg.grid_scale)
+        reference = next(data_batches(self.dataset, cfg.num_samples, cfg.num_samples, self.device))
+        return save_scatter(samples, directory / "samples.png", reference=reference.cpu())
+
+    def evaluate(
+        self, model: DiffusionModel, directory: Path, *, progress: bool = True
+    ) -> dict[str, Any]:
+        """The ``[eval]`` stage: ``eval.json`` and, with ``nll``, ``vlb_terms.png``."""
+        cfg = self.config.eval
+        if cfg is None:
+            raise DdpmkitError("this pipeline has no [eval] section")
+        seed = cfg.seed if cfg.seed is not None else self.config.seed
+        batches = list(
+            data_batches(self.eval_dataset, cfg.num_examples, cfg.batch_size, self.device)
+        )
+        results: dict[str, Any] = {"num_examples": sum(b.shape[0] for b in batches)}
+        if cfg.nll:
+            generator = torch.Generator().manual_seed(seed)
+            nll = nll_bits_per_dim(model, batches, generator=generator, progress=progress)
+            results.update(
+                nll_bits_per_dim=nll.bits_per_dim,
+                nll_standard_error=nll.standard_error,
+                prior_bits_per_dim=nll.prior,
+                terms_bits_per_dim=nll.per_term.tolist(),
+            )
+            plot_vlb_terms(
+                nll.per_term.tolist(), nll.prior, nll.bits_per_dim, directory / "vlb_terms.png"
+            )
+        if cfg.swd:
+            samples = self.draw_samples(model, cfg.swd_samples, seed=seed, progress=progress)
+            data = torch.cat(
+                list(data_batches(self.eval_dataset, cfg.swd_samples, cfg.batch_size, self.device))
+            ).cpu()
+            generator = torch.Generator().manual_seed(seed)
+            results["swd"] = swd_to_data(samples, data, cfg.swd_projections, generator)
+        write_eval(directory, results)
+        if progress:
+            summary = {k: v for k, v in results.items() if k != "terms_bits_per_dim"}
+            print("eval:", json.dumps(summary))
+        return results
 
 
 class _StepBar:
@@ -287,14 +363,35 @@ def plugin_versions() -> dict[str, str]:
     return dict(sorted(found.items()))
 
 
+def load_weights(model: DiffusionModel, path: Path, *, use_ema: bool = True) -> DiffusionModel:
+    """Load a checkpoint's EMA (or raw) weights into ``model``; returns it in eval mode.
+
+    The reverse variance is not trained (a learned one lives in the denoiser's output), so its
+    state is not required to match: one network can be evaluated under several variances.
+    """
+    tensors, _ = load_checkpoint(path)
+    prefix = "ema." if use_ema else "model."
+    weights = {
+        k[len(prefix) :]: v
+        for k, v in tensors.items()
+        if k.startswith(prefix) and not k.startswith(f"{prefix}variance.")
+    }
+    weights.update(
+        {f"variance.{k}": v for k, v in model.variance.state_dict().items()}
+        if model.variance is not None
+        else {}
+    )
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:
+        raise DdpmkitError(f"{path}: the checkpoint does not fit this model: {exc}") from exc
+    return model.eval()
+
+
 def load_model_from_checkpoint(path: Path, *, use_ema: bool = True) -> DiffusionModel:
     """Rebuild the model a checkpoint was trained with and load its (EMA) weights."""
     from ddpmkit.config import validate_config
 
-    tensors, meta = load_checkpoint(path)
-    config = validate_config(meta["config"], str(path))
-    pipeline = Pipeline.build(config)
-    prefix = "ema." if use_ema else "model."
-    weights = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-    pipeline.model.load_state_dict(weights)
-    return pipeline.model.eval()
+    _, meta = load_checkpoint(path)
+    pipeline = Pipeline.build(validate_config(meta["config"], str(path)))
+    return load_weights(pipeline.model, path, use_ema=use_ema)

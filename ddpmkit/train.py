@@ -22,7 +22,7 @@ from ddpmkit.checkpoint import (
 )
 from ddpmkit.config import TrainConfig
 from ddpmkit.errors import DdpmkitError
-from ddpmkit.interfaces import Dataset
+from ddpmkit.interfaces import Dataset, LossWeighting
 from ddpmkit.model import DiffusionModel
 
 
@@ -109,6 +109,7 @@ class Trainer:
         checkpoint_metadata: dict[str, Any] | None = None,
         on_metrics: MetricsCallback | None = None,
         on_checkpoint: CheckpointCallback | None = None,
+        weighting: LossWeighting | None = None,
         progress: bool = True,
     ) -> None:
         self.model = model
@@ -119,6 +120,7 @@ class Trainer:
         self.checkpoint_metadata = checkpoint_metadata or {}
         self.on_metrics = on_metrics
         self.on_checkpoint = on_checkpoint
+        self.weighting = weighting
         self.progress = progress
         self.device = model.alphas_cumprod.device
         self.optimizer = torch.optim.AdamW(
@@ -143,7 +145,9 @@ class Trainer:
         """One step of Algorithm 1 (lines 2-5) plus the EMA update; returns the loss."""
         for group in self.optimizer.param_groups:
             group["lr"] = self.config.lr * lr_factor(self.step, self.config)
-        loss = self.model.loss(x0, generator=self.noise)
+        loss = self.model.loss(
+            x0, generator=self.noise, weighting=self.weighting, vlb_weight=self.config.vlb_weight
+        )
         if not torch.isfinite(loss):
             raise DdpmkitError(f"training diverged: loss is {loss.item()} at step {self.step}")
         self.optimizer.zero_grad(set_to_none=True)
@@ -202,6 +206,9 @@ class Trainer:
         for index, state in self.optimizer.state_dict()["state"].items():
             for key, value in state.items():
                 tensors[f"optim.{index}.{key}"] = torch.as_tensor(value)
+        if self.weighting is not None:
+            state = self.weighting.state_dict()
+            tensors.update({f"weighting.{k}": v for k, v in state.items()})
         tensors["rng.noise"] = self.noise.get_state()
         tensors["rng.torch"] = torch.get_rng_state()
         return tensors
@@ -248,6 +255,8 @@ class Trainer:
         for group in groups:
             group["betas"] = tuple(group["betas"])
         self.optimizer.load_state_dict({"state": state, "param_groups": groups})
+        if self.weighting is not None:
+            self.weighting.load_state_dict(_strip(tensors, "weighting."))
         self.noise.set_state(tensors["rng.noise"])
         torch.set_rng_state(tensors["rng.torch"])
         self.step = int(meta["step"])

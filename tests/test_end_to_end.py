@@ -134,3 +134,81 @@ def test_installed_command_reports_user_errors_without_traceback(
     assert result.returncode == 2
     assert "train.steps: Input should be a valid integer" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+EVAL = """
+[eval]
+num_examples = 6
+batch_size = 4
+swd = true
+swd_samples = 6
+"""
+
+
+def test_eval_stage_writes_nll_breakdown_and_swd(
+    write_pipeline: Callable[..., Path], tmp_path: Path
+) -> None:
+    path = write_pipeline(("[output]", EVAL + "\n[output]"))
+    assert main(["run", str(path), "--quiet"]) == 0
+    run = tmp_path / "runs" / "tiny"
+    results = json.loads((run / "eval.json").read_text())
+    assert results["num_examples"] == 6
+    terms = results["terms_bits_per_dim"]
+    assert len(terms) == 40 and all(v >= 0 for v in terms[1:])
+    # the bound is the sum of its terms: L_0 + sum of the KL terms + L_T
+    total = sum(terms) + results["prior_bits_per_dim"]
+    assert results["nll_bits_per_dim"] == pytest.approx(total, rel=1e-5)
+    assert 0 < results["nll_bits_per_dim"] < 100 and results["swd"] > 0
+    with Image.open(run / "vlb_terms.png") as image:
+        assert image.size[0] > 300
+    # `ddpmkit eval` re-evaluates the run's checkpoint with another reverse variance
+    (run / "eval.json").unlink()
+    args = ["eval", str(path), "--quiet", "--run", str(run), "--set", "variance.type='analytic'"]
+    assert main(args) == 0
+    analytic = json.loads((run / "eval.json").read_text())
+    assert analytic["num_examples"] == 6 and analytic["nll_bits_per_dim"] > 0
+
+
+@pytest.mark.parametrize(
+    "edits",
+    [
+        [("[train]", "[variance]\ntype = 'learned-range'\n\n[train]\nvlb_weight = 0.001")],
+        [
+            (
+                "[train]",
+                "[variance]\ntype = 'fixed-small'\n\n[train.weighting]\ntype = 'importance'\n\n[train]",
+            )
+        ],
+    ],
+)
+def test_objectives_run_from_the_pipeline_file(
+    write_pipeline: Callable[..., Path], tmp_path: Path, edits: list[tuple[str, str]]
+) -> None:
+    path = write_pipeline(*edits)
+    assert main(["run", str(path), "--quiet"]) == 0
+    config = json.loads((tmp_path / "runs" / "tiny" / "config.json").read_text())
+    assert config["variance"]["type"] in {"learned-range", "fixed-small"}
+
+
+def test_learned_variance_needs_twice_the_channels(
+    write_pipeline: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_pipeline(
+        ("[train]", "[variance]\ntype = 'learned-range'\n\n[train]"),
+        ("groups = 4", "groups = 4\nout_channels = 3"),
+    )
+    assert main(["validate", str(path)]) == 2
+    assert "denoiser.out_channels = 3" in capsys.readouterr().err
+
+
+def test_vlb_weighting_refuses_a_learned_variance(
+    write_pipeline: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_pipeline(
+        (
+            "[train]",
+            "[variance]\ntype = 'learned-range'\n\n[train.weighting]\ntype = 'vlb'\n\n[train]",
+        ),
+    )
+    assert main(["validate", str(path)]) == 2
+    assert "train.weighting" in capsys.readouterr().err

@@ -8,8 +8,16 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from ddpmkit import ConfigError, DiffusionModel, Prediction, randn_like
-from ddpmkit_samplers.chain import ChainSampler, ChainSamplerParams
+from ddpmkit import (
+    Conditioning,
+    ConfigError,
+    DiffusionModel,
+    Prediction,
+    SamplerCallback,
+    SamplerStep,
+    randn_like,
+)
+from ddpmkit_samplers.chain import ChainSampler, ChainSamplerParams, _clip_x0
 
 
 class DDIMSamplerParams(ChainSamplerParams):
@@ -76,3 +84,48 @@ class DDIMSampler(ChainSampler):
         if self.params.eta > 0 and t_prev >= 0:
             x_prev = x_prev + sigma * randn_like(x_t, generator)
         return x_prev
+
+    def invert(
+        self,
+        model: DiffusionModel,
+        x0: torch.Tensor,
+        *,
+        cond: Conditioning | None = None,
+        steps: int | None = None,
+        callback: SamplerCallback | None = None,
+    ) -> torch.Tensor:
+        """DDIM inversion: encode x_0 into the x_T that deterministic DDIM decodes back to it.
+
+        Song et al. 2021, section 4.3: eq. 12 with eta = 0 is an Euler step of the ODE of
+        eq. 14, which can run forwards. Over the sampler's timesteps in increasing order each
+        step goes from ``t_prev`` (-1: x_0 itself) to ``t`` with the eps predicted at the current
+        point, x_t = sqrt(abar_t) x0_hat + sqrt(1 - abar_t) eps, where x0_hat is eps's x_0 at
+        the current noise level abar_{t_prev}. As in the usual implementations the network is
+        asked at index ``t`` (the step's target; there is no index for x_0), which is also the
+        ``t`` the callback reports. ``steps`` overrides the sampler's step count; ``eta`` is
+        ignored. Decoding the result with ``eta = 0`` and the same steps returns x_0 up to the
+        discretisation error of the two Euler schemes, which shrinks as the steps grow.
+        """
+        if steps is not None and steps < 1:
+            raise ConfigError(f"ddim: steps must be >= 1, got {steps}")
+        S = self.params.steps if steps is None else steps
+        ts = ddim_timesteps(model.T, S, self.params.spacing)[::-1]
+        device = model.alphas_cumprod.device
+        abar = model.alphas_cumprod
+        with torch.no_grad():
+            x = x0.to(device)
+            for i, t in enumerate(ts):
+                t_prev = ts[i - 1] if i > 0 else -1
+                t_batch = torch.full((x.shape[0],), t, device=device, dtype=torch.long)
+                # eps at the current point x_{t_prev}, asking the network at index t
+                pred = model.predict(x, t_batch, cond)
+                if self.params.clip_x0:
+                    pred = _clip_x0(model, pred, x, t_batch)
+                # x0_hat at the current level: (x - sqrt(1 - abar_prev) eps) / sqrt(abar_prev)
+                abar_prev = abar[t_prev] if t_prev >= 0 else abar.new_ones(())
+                x0_hat = (x - (1 - abar_prev).sqrt() * pred.eps) / abar_prev.sqrt()
+                # eq. 12 with sigma = 0, upwards: x_t = sqrt(abar_t) x0_hat + sqrt(1 - abar_t) eps
+                x = abar[t].sqrt() * x0_hat + (1 - abar[t]).sqrt() * pred.eps
+                if callback is not None:
+                    callback(SamplerStep(index=i, total=len(ts), t=t, x=x, x0=x0_hat))
+        return x

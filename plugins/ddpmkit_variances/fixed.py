@@ -10,6 +10,8 @@ from ddpmkit import DiffusionModel, ReverseVariance, column
 class FixedLargeVariance(ReverseVariance):
     """sigma_t^2 = beta_t: optimal for x_0 ~ N(0, I) (Ho et al. 2020, section 3.2)."""
 
+    fixed = "beta"
+
     def log_variance(
         self,
         model: DiffusionModel,
@@ -24,6 +26,8 @@ class FixedLargeVariance(ReverseVariance):
 
 class FixedSmallVariance(ReverseVariance):
     """sigma_t^2 = beta~_t: optimal for a deterministic x_0 (Ho et al. 2020, section 3.2)."""
+
+    fixed = "beta_tilde"
 
     def log_variance(
         self,

@@ -1,0 +1,95 @@
+"""The ``[eval]`` stage: NLL in bits/dim from every term of the variational bound, and SWD."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+from tqdm.auto import tqdm
+
+from ddpmkit.interfaces import Dataset
+from ddpmkit.metrics import sliced_wasserstein
+from ddpmkit.model import DiffusionModel
+
+
+def data_batches(
+    dataset: Dataset, num_examples: int, batch_size: int, device: torch.device
+) -> Iterator[torch.Tensor]:
+    """Examples ``0 .. num_examples - 1`` of ``dataset`` in batches, on ``device``."""
+    count = min(num_examples, len(dataset))
+    for start in range(0, count, batch_size):
+        indices = list(range(start, min(count, start + batch_size)))
+        yield dataset.batch(indices).images.to(device)
+
+
+@attrs.frozen
+class NLLResult:
+    """The bound per example and per term, in bits per dimension."""
+
+    per_example: torch.Tensor
+    """``(N,)``: L_VLB of each example (one draw of x_t per term)."""
+    per_term: torch.Tensor
+    """``(T,)``: the mean of L_{t-1} at each index t (L_0 at index 0)."""
+    prior: float
+    """The mean of L_T."""
+
+    @property
+    def bits_per_dim(self) -> float:
+        """The mean bound: an upper bound on the NLL in bits/dim."""
+        return float(self.per_example.mean())
+
+    @property
+    def standard_error(self) -> float:
+        """Standard error of :attr:`bits_per_dim` over the examples."""
+        n = self.per_example.numel()
+        return float(self.per_example.std() / math.sqrt(n)) if n > 1 else float("nan")
+
+
+def nll_bits_per_dim(
+    model: DiffusionModel,
+    batches: list[torch.Tensor],
+    *,
+    generator: torch.Generator | None = None,
+    progress: bool = True,
+) -> NLLResult:
+    """L_VLB = L_T + sum_t L_{t-1} + L_0 over ``batches`` (Ho et al. eq. 5), all T terms."""
+    model.eval()
+    bar = tqdm(total=model.T * len(batches), desc="nll", unit="term", disable=not progress)
+    totals, term_sums, prior_sum, count = [], torch.zeros(model.T), 0.0, 0
+    for x0 in batches:
+        terms, prior = model.vlb_terms(x0, generator=generator, callback=lambda _: bar.update(1))
+        terms_bpd = model.bits_per_dim(terms, x0).cpu()
+        prior_bpd = model.bits_per_dim(prior, x0).cpu()
+        totals.append(terms_bpd.sum(1) + prior_bpd)
+        term_sums += terms_bpd.sum(0)
+        prior_sum += float(prior_bpd.sum())
+        count += x0.shape[0]
+    bar.close()
+    return NLLResult(torch.cat(totals), term_sums / count, prior_sum / count)
+
+
+def write_eval(directory: Path, results: dict[str, Any]) -> Path:
+    """Write ``eval.json`` in the run folder."""
+    path = directory / "eval.json"
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    return path
+
+
+def swd_to_data(
+    samples: torch.Tensor, data: torch.Tensor, projections: int, generator: torch.Generator
+) -> float:
+    """Sliced Wasserstein distance between samples and data, both flattened per example."""
+    n = min(samples.shape[0], data.shape[0])
+    return float(
+        sliced_wasserstein(
+            samples[:n].flatten(1).double(),
+            data[:n].flatten(1).double(),
+            num_projections=projections,
+            generator=generator,
+        )
+    )

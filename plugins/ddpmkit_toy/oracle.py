@@ -1,0 +1,87 @@
+"""``gmm-oracle``: the exact denoiser of a Gaussian mixture, a network-free reference."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+import ddpmkit
+from ddpmkit import Conditioning, Denoiser, NoiseSchedule, Parameterization
+from ddpmkit_toy._cond import check_unconditional
+from ddpmkit_toy.mixture import GaussianMixture, MixtureParams
+
+
+class GMMOracleParams(MixtureParams):
+    """Parameters of the ``gmm-oracle`` denoiser: the mixture and what to output."""
+
+    parameterization: Literal["eps", "x0", "v"] = Field(
+        "eps",
+        description="Which posterior expectation to output; must match the model's "
+        "parameterization.",
+    )
+
+
+class GMMOracle(Denoiser):
+    """The minimum-MSE denoiser of a Gaussian mixture, E[target | x_t] in closed form.
+
+    The optimum of L_simple (Ho et al. 2020, eq. 14) is eps*(x_t, t) = E[eps | x_t]; with
+    x_t = a x_0 + s eps (a = sqrt(abar_t), s = sqrt(1 - abar_t)) it is
+    (x_t - a E[x_0 | x_t]) / s, and E[x_0 | x_t] is exact for a mixture (see
+    :class:`~ddpmkit_toy.mixture.GaussianMixture`). The x0 and v targets are linear in
+    (x_0, eps), so their expectations come from the parameterization's own ``target``.
+    Inputs are ``(B, D)``; the maths runs in float64 and the output has ``x_t``'s dtype.
+    The oracle has no trainable parameters; it must be bound to a schedule before use.
+    """
+
+    Params = GMMOracleParams
+    params: GMMOracleParams
+    alphas_cumprod: torch.Tensor
+
+    def __init__(self, params: GMMOracleParams | None = None) -> None:
+        super().__init__(params)
+        self.mixture = GaussianMixture.from_params(self.params)
+        self.parameterization: Parameterization = ddpmkit.create(
+            "parameterization", self.params.parameterization
+        )
+        self.register_buffer("alphas_cumprod", torch.empty(0, dtype=torch.float64), False)
+
+    def bind(self, schedule: NoiseSchedule) -> None:
+        """Record abar_t of ``schedule`` (float64) to know the noise level of each index."""
+        self.alphas_cumprod = schedule.alphas_cumprod.to(self.mixture.means.device, torch.float64)
+
+    @property
+    def in_channels(self) -> int:
+        """D, the dimension of the mixture."""
+        return self.mixture.D
+
+    @property
+    def out_channels(self) -> int:
+        """D."""
+        return self.mixture.D
+
+    def forward(
+        self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning | None = None
+    ) -> torch.Tensor:
+        """E[target | x_t] for the parameterization's target, ``(B, D)``."""
+        check_unconditional(cond, "gmm-oracle")
+        if self.alphas_cumprod.numel() == 0:
+            raise RuntimeError("gmm-oracle is not bound to a schedule: call bind(schedule)")
+        x = x_t.to(torch.float64)
+        abar = self.alphas_cumprod[t.to(self.alphas_cumprod.device)].to(x.device)[:, None]
+        a, s = abar.sqrt(), (1.0 - abar).sqrt()
+        # E[x_0 | x_t], exact for the mixture
+        x0_hat = self.mixture.posterior_mean(x, a, s).to(x.device)
+        # E[eps | x_t] = (x_t - a E[x_0 | x_t]) / s, by linearity of x_t = a x_0 + s eps
+        eps_hat = (x - a * x0_hat) / s
+        # E[target | x_t] = target(E[x_0 | x_t], E[eps | x_t]): every target is linear
+        return self.parameterization.target(x0_hat, eps_hat, a, s).to(x_t.dtype)
+
+    def log_prob(self, x0: torch.Tensor) -> torch.Tensor:
+        """Exact log p(x_0) of the data in nats, ``(B,)`` float64."""
+        return self.mixture.log_prob(x0)
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` draws ``(n, D)`` float32 from the mixture the oracle denoises."""
+        return self.mixture.sample(n, generator)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ddpmkit.errors import ConfigError, DataError, DdpmkitError, PluginError
 from ddpmkit.hookspecs import hookimpl
-from ddpmkit.images import load_image, make_grid, save_grid, to_uint8
+from ddpmkit.images import load_image, make_grid, save_grid, save_scatter, to_uint8
 from ddpmkit.interfaces import (
     Batch,
     Component,
@@ -83,6 +83,7 @@ __all__ = [
     "randn_like",
     "register",
     "save_grid",
+    "save_scatter",
     "to_uint8",
     "x0_from_eps",
 ]

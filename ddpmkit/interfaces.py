@@ -194,10 +194,11 @@ class Denoiser(Component, nn.Module, abc.ABC):
         nn.Module.__init__(self)
         self._set_params(params)
 
-    def bind(self, schedule: NoiseSchedule) -> None:
-        """Called once by :class:`~ddpmkit.DiffusionModel` with the schedule it will be used
-        with. A network that needs the noise levels behind ``t`` (an exact oracle, a time
-        embedding of log-SNR) records them here; the default does nothing."""
+    def bind(self, schedule: NoiseSchedule, parameterization: Parameterization) -> None:
+        """Called once by :class:`~ddpmkit.DiffusionModel` with the schedule and the
+        parameterization it will be used with. A network that needs the noise levels behind
+        ``t`` or the meaning of its output (an exact oracle, a time embedding of log-SNR)
+        records them here; the default does nothing."""
 
     @property
     @abc.abstractmethod

@@ -69,7 +69,7 @@ class DiffusionModel(nn.Module):
     ) -> None:
         super().__init__()
         self.schedule = schedule
-        denoiser.bind(schedule)
+        denoiser.bind(schedule, parameterization)
         self.denoiser = denoiser
         self.parameterization = parameterization
         self.conditioner = conditioner

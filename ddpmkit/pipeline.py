@@ -142,6 +142,13 @@ class Pipeline:
                 self.sampler.check(self.model)
             except ConfigError as exc:
                 raise ConfigError(f"sample.sampler: {exc}") from exc
+        if self.config.train is not None and not any(
+            p.requires_grad for p in self.model.parameters()
+        ):
+            raise ConfigError(
+                f"train: denoiser {self.config.denoiser.type!r} has no trainable parameters; "
+                "remove [train] to sample from or evaluate it as it is"
+            )
         if self.weighting is not None:
             try:
                 self.weighting.check(self.model)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 TINY = """
 seed = 3
@@ -75,3 +76,13 @@ def write_pipeline(tmp_path: Path) -> Callable[..., Path]:
 def pipeline_file(write_pipeline: Callable[..., Path]) -> Path:
     """The tiny pipeline, unchanged."""
     return write_pipeline()
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """One torch thread per test: the tiny tensors here gain nothing from more, and on a
+    shared 2-core machine a second thread only adds contention."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

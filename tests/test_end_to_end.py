@@ -176,7 +176,8 @@ def test_eval_stage_writes_nll_breakdown_and_swd(
         [
             (
                 "[train]",
-                "[variance]\ntype = 'fixed-small'\n\n[train.weighting]\ntype = 'importance'\n\n[train]",
+                "[variance]\ntype = 'fixed-small'\n\n"
+                "[train.weighting]\ntype = 'importance'\n\n[train]",
             )
         ],
     ],

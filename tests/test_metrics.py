@@ -43,14 +43,14 @@ def test_shift_gives_the_closed_form(p: int) -> None:
     """x + c: every projection moves by c . u, so W_p = |c . u| and SW_p^p = E|c . u|^p.
 
     For u uniform on the circle, E|c . u| = 2|c|/pi and E (c . u)^2 = |c|^2 / 2. With L = 4096
-    directions the Monte Carlo error of the mean is about std(|c . u|^p) / sqrt(L) ~ 0.5% of
-    the value, so 2% relative is 4 standard errors.
+    directions the relative standard error is std(|cos|) / (E|cos| sqrt(L)) = 0.8% for p = 1
+    (0.6% for p = 2 after the square root), so 3% relative is about 4 standard errors.
     """
     x = blobs(300, 2)
     c = torch.tensor([0.3, -0.4])  # |c| = 0.5
     expected = 2 * 0.5 / math.pi if p == 1 else 0.5 / math.sqrt(2)
     got = float(sliced_wasserstein(x, x + c, num_projections=4096, p=p, generator=gen(3)))
-    assert got == pytest.approx(expected, rel=0.02)
+    assert got == pytest.approx(expected, rel=0.03)
 
 
 def test_symmetric_and_works_for_unequal_sizes() -> None:
@@ -65,8 +65,9 @@ def test_symmetric_and_works_for_unequal_sizes() -> None:
 def test_different_distributions_are_further_apart_than_two_samples_of_one() -> None:
     """A 0.5 shift against two independent 1000-point samples of the same distribution.
 
-    SW_1 between two samples of size n decays like 1/sqrt(n): ~0.03 here, against 2|c|/pi = 0.32
-    for the shift; the unbiased MMD^2 of one distribution is 0 +- O(1/n) (~1e-3).
+    SW_1 between two samples of size n decays like 1/sqrt(n): ~0.04 here, against 2|c|/pi = 0.32
+    for the shift (0.30 measured between samples); the unbiased MMD^2 of one distribution is
+    0 +- O(1/n) (~1e-3).
     """
     x, same, other = blobs(1000, 7), blobs(1000, 8), blobs(1000, 9, shift=0.5)
     sw_same = float(sliced_wasserstein(x, same, p=1, generator=gen(0)))

@@ -20,7 +20,9 @@ class GaussianOracle(Denoiser):
 
     abar: torch.Tensor
 
-    def bind(self, schedule: ddpmkit.NoiseSchedule) -> None:
+    def bind(
+        self, schedule: ddpmkit.NoiseSchedule, parameterization: ddpmkit.Parameterization
+    ) -> None:
         self.register_buffer("abar", schedule.alphas_cumprod.clone())
 
     @property

@@ -75,8 +75,8 @@ class MixtureParams(Params):
         if self.covariances is not None:
             covariances = torch.tensor(self.covariances, dtype=torch.float64)
         else:
-            stds = torch.tensor(self.stds if self.stds is not None else [0.1] * K)
-            covariances = stds.to(torch.float64)[:, None, None] ** 2 * torch.eye(D).double()
+            stds = torch.tensor(self.stds or [0.1] * K, dtype=torch.float64)
+            covariances = stds[:, None, None] ** 2 * torch.eye(D, dtype=torch.float64)
         return weights, means, covariances
 
 

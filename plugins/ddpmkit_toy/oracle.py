@@ -2,25 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
-from pydantic import Field
 
-import ddpmkit
 from ddpmkit import Conditioning, Denoiser, NoiseSchedule, Parameterization
 from ddpmkit_toy._cond import check_unconditional
 from ddpmkit_toy.mixture import GaussianMixture, MixtureParams
-
-
-class GMMOracleParams(MixtureParams):
-    """Parameters of the ``gmm-oracle`` denoiser: the mixture and what to output."""
-
-    parameterization: Literal["eps", "x0", "v"] = Field(
-        "eps",
-        description="Which posterior expectation to output; must match the model's "
-        "parameterization.",
-    )
 
 
 class GMMOracle(Denoiser):
@@ -35,21 +21,20 @@ class GMMOracle(Denoiser):
     The oracle has no trainable parameters; it must be bound to a schedule before use.
     """
 
-    Params = GMMOracleParams
-    params: GMMOracleParams
+    Params = MixtureParams
+    params: MixtureParams
     alphas_cumprod: torch.Tensor
 
-    def __init__(self, params: GMMOracleParams | None = None) -> None:
+    def __init__(self, params: MixtureParams | None = None) -> None:
         super().__init__(params)
         self.mixture = GaussianMixture.from_params(self.params)
-        self.parameterization: Parameterization = ddpmkit.create(
-            "parameterization", self.params.parameterization
-        )
+        self.parameterization: Parameterization | None = None
         self.register_buffer("alphas_cumprod", torch.empty(0, dtype=torch.float64), False)
 
-    def bind(self, schedule: NoiseSchedule) -> None:
-        """Record abar_t of ``schedule`` (float64) to know the noise level of each index."""
+    def bind(self, schedule: NoiseSchedule, parameterization: Parameterization) -> None:
+        """Record abar_t of ``schedule`` (float64) and what the model reads the output as."""
         self.alphas_cumprod = schedule.alphas_cumprod.to(self.mixture.means.device, torch.float64)
+        self.parameterization = parameterization
 
     @property
     def in_channels(self) -> int:
@@ -66,8 +51,8 @@ class GMMOracle(Denoiser):
     ) -> torch.Tensor:
         """E[target | x_t] for the parameterization's target, ``(B, D)``."""
         check_unconditional(cond, "gmm-oracle")
-        if self.alphas_cumprod.numel() == 0:
-            raise RuntimeError("gmm-oracle is not bound to a schedule: call bind(schedule)")
+        if self.parameterization is None:
+            raise RuntimeError("gmm-oracle is not bound: build a DiffusionModel with it")
         x = x_t.to(torch.float64)
         abar = self.alphas_cumprod[t.to(self.alphas_cumprod.device)].to(x.device)[:, None]
         a, s = abar.sqrt(), (1.0 - abar).sqrt()

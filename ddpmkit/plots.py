@@ -24,14 +24,20 @@ def save_figure(fig: plt.Figure, path: Path) -> Path:
 def plot_vlb_terms(
     per_term: list[float], prior: float, total: float, path: Path, title: str = ""
 ) -> Path:
-    """The per-t breakdown of the bound: L_{t-1} in bits/dim against t, log scale."""
+    """The per-t breakdown of the bound: the KL terms L_{t-1} (t >= 1) in bits/dim against t
+    on a log scale; the decoder term L_0 (which may be negative for continuous data) and the
+    prior L_T are given in the legend."""
     fig, ax = plt.subplots(figsize=(7, 4))
-    steps = range(len(per_term))
-    ax.semilogy(steps, [max(v, 1e-12) for v in per_term], lw=1.2, label="L_{t-1} (L_0 at t = 0)")
-    ax.axhline(max(prior, 1e-12), color="grey", ls="--", lw=1, label=f"L_T = {prior:.2e}")
+    kl = per_term[1:]
+    ax.semilogy(range(1, len(per_term)), [max(v, 1e-12) for v in kl], lw=1.2, label="L_{t-1}")
+    ax.plot([], [], " ", label=f"L_0 = {per_term[0]:.4f}")
+    ax.plot([], [], " ", label=f"L_T = {prior:.2e}")
+    positive = [v for v in kl if v > 0]
+    if positive:
+        ax.set_ylim(min(positive) / 2, max(positive) * 2)
     ax.set_xlabel("training index t")
     ax.set_ylabel("bits / dim")
-    ax.set_title(title or f"variational bound: {total:.3f} bits/dim")
+    ax.set_title(title or f"variational bound: {total:.4f} bits/dim")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     return save_figure(fig, path)

@@ -59,8 +59,14 @@ def main() -> None:
             nll = -model.denoiser.log_prob(x0)
             gap = result.per_example * to_nats - nll
             rows.append(
-                (T, name, float(nll.mean()), float(gap.mean()),
-                 float(gap.std() / math.sqrt(len(gap))), time.perf_counter() - start)
+                (
+                    T,
+                    name,
+                    float(nll.mean()),
+                    float(gap.mean()),
+                    float(gap.std() / math.sqrt(len(gap))),
+                    time.perf_counter() - start,
+                )
             )
             print(rows[-1], flush=True)
     print()

@@ -75,7 +75,11 @@ class TrainConfig(Section):
         ),
     )
     weighting: ComponentConfig | None = Field(
-        None, description="A loss weighting component (`[train.weighting]`; absent: simple)."
+        None,
+        description=(
+            "A loss weighting component (`[train.weighting]`); absent: the plain mean squared "
+            "error on the parameterization's target (for eps, L_simple)."
+        ),
     )
 
     @field_validator("adam_betas")

@@ -42,4 +42,5 @@ def ddpmkit_checkpoint_saved(run: RunInfo, step: int, path: Path) -> None:
 
 @hookspec
 def ddpmkit_samples_written(run: RunInfo, path: Path, count: int) -> None:
-    """``count`` samples were written as an image grid to ``path``."""
+    """``count`` samples were written to ``path`` (a PNG grid of images, or a scatter plot of
+    vector data)."""

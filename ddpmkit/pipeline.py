@@ -142,6 +142,9 @@ class Pipeline:
                 self.sampler.check(self.model)
             except ConfigError as exc:
                 raise ConfigError(f"sample.sampler: {exc}") from exc
+        eval_cfg = self.config.eval
+        if eval_cfg is not None and eval_cfg.swd and self.sampler is None:
+            raise ConfigError("eval.swd = true needs a [sample] section to draw the samples")
         if self.config.train is not None and not any(
             p.requires_grad for p in self.model.parameters()
         ):
@@ -273,11 +276,12 @@ class Pipeline:
         if cfg is None:
             raise DdpmkitError("this pipeline has no [eval] section")
         seed = cfg.seed if cfg.seed is not None else self.config.seed
-        batches = list(
-            data_batches(self.eval_dataset, cfg.num_examples, cfg.batch_size, self.device)
-        )
-        results: dict[str, Any] = {"num_examples": sum(b.shape[0] for b in batches)}
+        results: dict[str, Any] = {}
         if cfg.nll:
+            batches = list(
+                data_batches(self.eval_dataset, cfg.num_examples, cfg.batch_size, self.device)
+            )
+            results["num_examples"] = sum(b.shape[0] for b in batches)
             generator = torch.Generator().manual_seed(seed)
             nll = nll_bits_per_dim(model, batches, generator=generator, progress=progress)
             results.update(
@@ -339,7 +343,7 @@ def latest_run_directory(config: PipelineConfig) -> Path:
     name = config.output.name or "run"
     runs = [p for p in parent.glob(f"{name}*") if p.is_dir() and _is_run_of(p.name, name)]
     if not runs:
-        raise DdpmkitError(f"--resume: no run folder named {name!r} under {parent}")
+        raise DdpmkitError(f"no run folder named {name!r} under {parent}")
     return max(runs, key=lambda p: p.stat().st_mtime)
 
 

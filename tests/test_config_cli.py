@@ -116,8 +116,6 @@ def test_training_a_network_without_parameters_is_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = tmp_path / "oracle.toml"
-    path.write_text(
-        "[data]\ntype = 'gmm'\n[denoiser]\ntype = 'gmm-oracle'\n[train]\nsteps = 2\n"
-    )
+    path.write_text("[data]\ntype = 'gmm'\n[denoiser]\ntype = 'gmm-oracle'\n[train]\nsteps = 2\n")
     code, _, err = run_cli(["validate", str(path)], capsys)
     assert code == 2 and "has no trainable parameters" in err

@@ -16,13 +16,13 @@ class AnalyticVarianceParams(Params):
     num_examples: int = Field(
         256, ge=1, description="Data examples averaged per timestep to estimate Gamma_t."
     )
-    data_half_range: float | None = Field(
+    data_half_range: float = Field(
         1.0,
-        gt=0,
+        ge=0,
         description=(
             "Half the width of the data's range ((b - a) / 2; 1 for data in [-1, 1]): bounds "
             "Var[x_0 | x_t], hence sigma^2 (Bao et al. Theorem 2), which tames the estimate's "
-            "noise where abar_t is tiny; none for unbounded data."
+            "noise where abar_t is tiny; 0 for no bound (unbounded data)."
         ),
     )
 
@@ -83,7 +83,7 @@ class AnalyticVariance(ReverseVariance):
         coef = ((bbar_t * abar_s / abar_t).sqrt() - root) ** 2
         # Theorem 1: lambda^2 + coef (1 - Gamma_t), clipped to [lambda^2, lambda^2 + coef]
         optimal = lam2 + coef * (1.0 - self.gamma[t]).clamp(0.0, 1.0)
-        if self.params.data_half_range is not None:
+        if self.params.data_half_range > 0:
             # Theorem 2: sigma*^2 <= lambda^2 + (sqrt(abar_s) - root sqrt(abar_t / bbar_t))^2 r^2
             x0_coef = abar_s.sqrt() - root * (abar_t / bbar_t).sqrt()
             bound = lam2 + x0_coef**2 * self.params.data_half_range**2

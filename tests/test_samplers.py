@@ -125,6 +125,21 @@ def test_ddim_step_matches_song_et_al_eq_12() -> None:
     torch.testing.assert_close(last, pred.x0)
 
 
+def test_ddim_with_the_model_variance() -> None:
+    """variance = "model": with a fixed-small model, DDIM at eta = 1 is eq. 16 exactly; with
+    a fixed-large one its noise is sigma^2 = beta_{t|s}."""
+    x_T = torch.randn(16, 2, generator=torch.Generator().manual_seed(5))
+
+    def run(model: DiffusionModel, **params: object) -> torch.Tensor:
+        sampler = ddpmkit.create("sampler", "ddim", steps=10, eta=1.0, **params)
+        return sampler.sample(model, (16, 2), x_T=x_T, generator=torch.Generator().manual_seed(6))
+
+    small = oracle_model(100, "fixed-small")
+    torch.testing.assert_close(run(small, variance="model"), run(small), rtol=1e-5, atol=1e-6)
+    large = oracle_model(100, "fixed-large")
+    assert not torch.allclose(run(large, variance="model"), run(large))
+
+
 def test_ddpm_step_is_algorithm_2() -> None:
     """mu~(x_t, x0_hat) + sigma z equals Ho et al.'s eps form of Algorithm 2, line 4."""
     model = oracle_model(100)

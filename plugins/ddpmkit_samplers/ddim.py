@@ -15,6 +15,7 @@ from ddpmkit import (
     Prediction,
     SamplerCallback,
     SamplerStep,
+    column,
     randn_like,
 )
 from ddpmkit_samplers.chain import ChainSampler, ChainSamplerParams, _clip_x0
@@ -26,6 +27,13 @@ class DDIMSamplerParams(ChainSamplerParams):
     steps: int = Field(50, ge=1, description="Number of sampling steps S (at most T).")
     eta: float = Field(
         0.0, ge=0.0, le=1.0, description="0 is deterministic DDIM, 1 matches DDPM's variance."
+    )
+    variance: Literal["posterior", "model"] = Field(
+        "posterior",
+        description=(
+            "sigma^2 = eta^2 v with v the posterior variance beta~ of the step (Song et al. "
+            "eq. 16) or the model's own reverse variance (fixed, learned or analytic)."
+        ),
     )
     spacing: Literal["leading", "trailing", "linspace"] = Field(
         "leading",
@@ -69,20 +77,21 @@ class DDIMSampler(ChainSampler):
         generator: torch.Generator | None,
     ) -> torch.Tensor:
         """Song et al. eq. 12, with sigma_t(eta) from eq. 16."""
-        abar_t = model.alphas_cumprod[t]
+        t_batch = torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)
+        s_batch = torch.full_like(t_batch, t_prev)
         # the last step lands on x_0: abar_prev = 1
-        abar_prev = model.alphas_cumprod[t_prev] if t_prev >= 0 else abar_t.new_ones(())
-        # eq. 16: sigma_t = eta sqrt((1 - abar_prev) / (1 - abar_t)) sqrt(1 - abar_t / abar_prev)
-        sigma = (
-            self.params.eta
-            * ((1 - abar_prev) / (1 - abar_t)).sqrt()
-            * (1 - abar_t / abar_prev).sqrt()
-        )
+        abar_prev = column(model.abar_at(s_batch).to(x_t.dtype), x_t.ndim)
+        # eq. 16: sigma^2 = eta^2 beta~_{t|s} = eta^2 (1 - abar_s)/(1 - abar_t) (1 - abar_t/abar_s)
+        if self.params.variance == "posterior":
+            v = column(model.step_variances(t_batch, s_batch)[1].to(x_t.dtype), x_t.ndim)
+        else:
+            v = model.reverse_log_variance(pred, x_t, t_batch, s_batch).exp()
+        sigma2 = (self.params.eta**2 * v).clamp(max=1 - abar_prev)
         # eq. 12: "predicted x0" + "direction pointing to x_t" + random noise
-        direction = (1 - abar_prev - sigma**2).clamp(min=0).sqrt() * pred.eps
+        direction = (1 - abar_prev - sigma2).sqrt() * pred.eps
         x_prev = abar_prev.sqrt() * pred.x0 + direction
         if self.params.eta > 0 and t_prev >= 0:
-            x_prev = x_prev + sigma * randn_like(x_t, generator)
+            x_prev = x_prev + sigma2.sqrt() * randn_like(x_t, generator)
         return x_prev
 
     def invert(

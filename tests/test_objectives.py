@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from helpers import GaussianOracle
 from torch import nn
 
 import ddpmkit
@@ -15,32 +16,6 @@ from ddpmkit.likelihood import discretized_gaussian_log_likelihood, normal_kl
 MU, S = 0.3, 0.5  # 1D data x0 ~ N(MU, S^2)
 
 
-class GaussianOracle(Denoiser):
-    """Exact E[eps | x_t] for x0 ~ N(MU, S^2): s (x_t - a MU) / (a^2 S^2 + s^2)."""
-
-    abar: torch.Tensor
-
-    def bind(
-        self, schedule: ddpmkit.NoiseSchedule, parameterization: ddpmkit.Parameterization
-    ) -> None:
-        self.register_buffer("abar", schedule.alphas_cumprod.clone())
-
-    @property
-    def in_channels(self) -> int:
-        return 1
-
-    @property
-    def out_channels(self) -> int:
-        return 1
-
-    def forward(
-        self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning | None = None
-    ) -> torch.Tensor:
-        abar = self.abar[t][:, None].to(x_t.dtype)
-        a, s = abar.sqrt(), (1 - abar).sqrt()
-        return s * (x_t - a * MU) / (abar * S**2 + s**2)
-
-
 def gaussian_model(
     timesteps: int, variance: str | None = None, schedule: str = "linear"
 ) -> DiffusionModel:
@@ -48,7 +23,7 @@ def gaussian_model(
     params = {"data_half_range": 3.0} if variance == "analytic" else {}
     return DiffusionModel(
         ddpmkit.create("schedule", schedule, timesteps=timesteps),
-        GaussianOracle(),
+        GaussianOracle([MU], S),
         ddpmkit.create("parameterization", "eps"),
         variance=ddpmkit.create("variance", variance, **params) if variance else None,
         decoder="gaussian",

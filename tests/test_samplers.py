@@ -4,48 +4,20 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
+from helpers import GaussianOracle
 
 import ddpmkit
-from ddpmkit import Conditioning, Denoiser, DiffusionModel, SamplerStep
+from ddpmkit import DiffusionModel, SamplerStep
 from ddpmkit_samplers.ddim import ddim_timesteps
 
 MU, S = torch.tensor([1.5, -0.5]), 0.5
-
-
-class GaussianOracle(Denoiser):
-    """The exact eps*(x_t, t) = E[eps | x_t] for data x_0 ~ N(MU, S^2 I).
-
-    x_t = a x0 + s_t eps is Gaussian with mean a MU and variance a^2 S^2 + s_t^2, so
-    E[eps | x_t] = s_t (x_t - a MU) / (a^2 S^2 + s_t^2).
-    """
-
-    def __init__(self, abar: torch.Tensor) -> None:
-        super().__init__()
-        self.register_buffer("abar", abar.float())
-        self.dummy = nn.Parameter(torch.zeros(()))
-
-    @property
-    def in_channels(self) -> int:
-        return 2
-
-    @property
-    def out_channels(self) -> int:
-        return 2
-
-    def forward(
-        self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning | None = None
-    ) -> torch.Tensor:
-        abar = self.abar[t][:, None]
-        a, s_t = abar.sqrt(), (1 - abar).sqrt()
-        return s_t * (x_t - a * MU) / (abar * S**2 + s_t**2)
 
 
 def oracle_model(timesteps: int = 200, variance: str | None = None) -> DiffusionModel:
     schedule = ddpmkit.create("schedule", "linear", timesteps=timesteps)
     return DiffusionModel(
         schedule,
-        GaussianOracle(schedule.alphas_cumprod),
+        GaussianOracle(MU.tolist(), S),
         ddpmkit.create("parameterization", "eps"),
         variance=ddpmkit.create("variance", variance) if variance else None,
         decoder="gaussian",

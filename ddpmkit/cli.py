@@ -72,6 +72,68 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _indices(text: str | None, count: int, total: int) -> list[int]:
+    """Comma-separated indices, or ``count`` evenly spaced over 0 .. total - 1."""
+    if text is None:
+        return sorted({round(i * (total - 1) / (count - 1)) for i in range(count)})
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError as exc:
+        raise DdpmkitError(
+            f"--steps/--at: expected comma-separated integers, got {text!r}"
+        ) from exc
+    bad = [v for v in values if not 0 <= v < total]
+    if bad or not values:
+        raise DdpmkitError(f"--steps/--at: indices must lie in 0 .. {total - 1}, got {text!r}")
+    return values
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    """Write one of the pictures of the diffusion process as a PNG."""
+    import torch
+
+    from ddpmkit import figures
+    from ddpmkit.evaluate import data_batches
+    from ddpmkit.pipeline import Pipeline, latest_run_directory, load_weights
+
+    out = Path(args.out) if args.out else Path(f"{args.figure}.png")
+    if args.figure == "schedules":
+        schedules = {
+            name: registry.create("schedule", name, timesteps=args.timesteps) for name in args.names
+        }
+        path = figures.plot_schedules(schedules, out)
+        print(f"wrote {path}")
+        return 0
+    pipeline = Pipeline.build(load_config(args.file, args.overrides))
+    model = pipeline.model
+    generator = torch.Generator().manual_seed(args.seed)
+    if args.figure in ("forward", "spectrum"):
+        count = args.images if args.images else (4 if args.figure == "forward" else 256)
+        x0 = next(data_batches(pipeline.dataset, count, count, pipeline.device))
+        if len(pipeline.sample_shape) != 3:
+            raise DdpmkitError(f"plot {args.figure}: needs image data, not vectors")
+        steps = _indices(args.steps, 6, model.T)
+        plot = figures.plot_forward if args.figure == "forward" else figures.plot_spectrum
+        path = plot(model, x0, steps, out, generator)
+    else:  # trajectory
+        directory = Path(args.run) if args.run else latest_run_directory(pipeline.config)
+        checkpoints = sorted((directory / "checkpoints").glob("step-*.safetensors"))
+        if not checkpoints or pipeline.sampler is None:
+            raise DdpmkitError(
+                f"plot trajectory: needs a [sample] section and a checkpoint in "
+                f"{directory / 'checkpoints'}"
+            )
+        model = load_weights(model, checkpoints[-1])
+        pipeline.fit_variance(model)
+        at = _indices(args.steps, 6, 10**9) if args.steps else None
+        recorder = figures.TrajectoryRecorder(at)
+        shape = (args.images or 3, *pipeline.sample_shape)
+        pipeline.sampler.sample(model, shape, generator=generator, callback=recorder)
+        path = figures.plot_trajectory(recorder.steps, out)
+    print(f"wrote {path}")
+    return 0
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     """Check the file and every component's params; build the components, run nothing."""
     from ddpmkit.pipeline import Pipeline
@@ -143,6 +205,31 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--no-ema", action="store_true", help="use the raw, not EMA, weights")
     evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
     evaluate.set_defaults(func=cmd_eval)
+
+    plot = sub.add_parser("plot", help="draw a picture of the process as a PNG")
+    figure = plot.add_subparsers(dest="figure", required=True)
+    schedules = figure.add_parser("schedules", help="abar_t and log-SNR of named schedules")
+    schedules.add_argument("names", nargs="+", help="registered schedule names")
+    schedules.add_argument("--timesteps", type=int, default=1000, help="T (default 1000)")
+    for name, text in [
+        ("forward", "x_t at several t for a few images of the pipeline's data"),
+        ("spectrum", "radially averaged power spectrum of x_t over t"),
+        ("trajectory", "x_t and the predicted x0 along a sampling run of a trained model"),
+    ]:
+        sub_plot = figure.add_parser(name, help=text)
+        _pipeline_arguments(sub_plot)
+        sub_plot.add_argument(
+            "--steps",
+            help="comma-separated training indices (forward, spectrum) or sampler step "
+            "numbers (trajectory); default: 6 evenly spaced",
+        )
+        sub_plot.add_argument("--images", type=int, help="how many images (or samples)")
+        sub_plot.add_argument("--seed", type=int, default=0, help="noise seed")
+        if name == "trajectory":
+            sub_plot.add_argument("--run", metavar="RUN_DIR", help="default: the latest run")
+    for sub_plot in figure.choices.values():
+        sub_plot.add_argument("-o", "--out", help="output PNG (default: FIGURE.png)")
+    plot.set_defaults(func=cmd_plot)
 
     validate = sub.add_parser("validate", help="check a pipeline file without running it")
     _pipeline_arguments(validate)

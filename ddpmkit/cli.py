@@ -98,9 +98,11 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
     out = Path(args.out) if args.out else Path(f"{args.figure}.png")
     if args.figure == "schedules":
-        schedules = {
-            name: registry.create("schedule", name, timesteps=args.timesteps) for name in args.names
-        }
+        schedules = {}
+        for name in args.names:
+            fields = registry.load("schedule", name).Params.model_fields
+            params = {"timesteps": args.timesteps} if "timesteps" in fields else {}
+            schedules[name] = registry.create("schedule", name, **params)
         path = figures.plot_schedules(schedules, out)
         print(f"wrote {path}")
         return 0

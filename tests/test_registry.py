@@ -117,7 +117,7 @@ def test_unknown_name_lists_available_and_closest() -> None:
 
 def test_bundled_components_register_through_entry_points() -> None:
     expected = {
-        "schedule": {"linear", "cosine"},
+        "schedule": {"linear", "cosine", "sigmoid", "scaled-linear", "betas"},
         "parameterization": {"eps", "x0", "v"},
         "denoiser": {"unet"},
         "sampler": {"ddpm", "ddim"},

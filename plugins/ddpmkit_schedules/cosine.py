@@ -7,10 +7,10 @@ import math
 import torch
 from pydantic import Field
 
-from ddpmkit import NoiseSchedule, Params
+from ddpmkit_schedules.base import RescalableParams, RescalableSchedule
 
 
-class CosineScheduleParams(Params):
+class CosineScheduleParams(RescalableParams):
     """Parameters of the ``cosine`` schedule."""
 
     timesteps: int = Field(1000, ge=1, description="Number of training steps T.")
@@ -20,7 +20,7 @@ class CosineScheduleParams(Params):
     )
 
 
-class CosineSchedule(NoiseSchedule):
+class CosineSchedule(RescalableSchedule):
     """abar_t = f(t) / f(0), f(t) = cos((t/T + s) / (1 + s) * pi/2)^2 (Nichol & Dhariwal eq. 17).
 
     beta_t = 1 - abar_t / abar_{t-1} is clipped at ``max_beta`` (0.999) and abar is rebuilt
@@ -30,7 +30,7 @@ class CosineSchedule(NoiseSchedule):
     Params = CosineScheduleParams
     params: CosineScheduleParams
 
-    def make_alphas_cumprod(self) -> torch.Tensor:
+    def base_alphas_cumprod(self) -> torch.Tensor:
         """abar_t from the clipped cosine betas."""
         p = self.params
         steps = torch.arange(p.timesteps + 1, dtype=torch.float64) / p.timesteps

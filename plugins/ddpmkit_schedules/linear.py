@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from pydantic import Field, model_validator
 
-from ddpmkit import NoiseSchedule, Params
+from ddpmkit_schedules.base import RescalableParams, RescalableSchedule
 
 
-class LinearScheduleParams(Params):
+class LinearScheduleParams(RescalableParams):
     """Parameters of the ``linear`` schedule."""
 
     timesteps: int = Field(1000, ge=1, description="Number of training steps T.")
@@ -40,7 +40,7 @@ class LinearScheduleParams(Params):
         return 1000.0 / self.timesteps
 
 
-class LinearSchedule(NoiseSchedule):
+class LinearSchedule(RescalableSchedule):
     """beta_t linear from beta_1 = 1e-4 to beta_T = 0.02 (Ho et al. 2020, section 4).
 
     For T other than 1000 both ends are scaled by 1000 / T (``scale_with_timesteps``), which
@@ -50,7 +50,7 @@ class LinearSchedule(NoiseSchedule):
     Params = LinearScheduleParams
     params: LinearScheduleParams
 
-    def make_alphas_cumprod(self) -> torch.Tensor:
+    def base_alphas_cumprod(self) -> torch.Tensor:
         """abar_t = prod_{s <= t} (1 - beta_s)."""
         p = self.params
         scale = p.scale if p.scale_with_timesteps else 1.0

@@ -1,7 +1,16 @@
-"""Bundled samplers: ``ddpm`` (Ho et al. 2020, Algorithm 2) and ``ddim`` (Song et al. 2021)."""
+"""Bundled samplers: ``ddpm`` (Ho et al. 2020, Algorithm 2), ``ddim`` (Song et al. 2021) and
+``dpm-solver++`` (Lu et al. 2022, DPM-Solver++(2M))."""
 
-from ddpmkit_samplers.chain import ChainSampler, ChainSamplerParams
+from ddpmkit_samplers.chain import ChainSampler, ChainSamplerParams, dynamic_threshold
 from ddpmkit_samplers.ddim import DDIMSampler
 from ddpmkit_samplers.ddpm import DDPMSampler
+from ddpmkit_samplers.dpm_solver import DPMSolverPlusPlusSampler
 
-__all__ = ["ChainSampler", "ChainSamplerParams", "DDIMSampler", "DDPMSampler"]
+__all__ = [
+    "ChainSampler",
+    "ChainSamplerParams",
+    "DDIMSampler",
+    "DDPMSampler",
+    "DPMSolverPlusPlusSampler",
+    "dynamic_threshold",
+]

@@ -17,6 +17,7 @@ from ddpmkit import (
     Sampler,
     SamplerCallback,
     SamplerStep,
+    column,
     eps_from_x0,
     guided_predict,
     randn,
@@ -29,9 +30,20 @@ class ChainSamplerParams(Params):
     clip_x0: bool = Field(
         False,
         description=(
-            "Clamp the predicted x_0 to [-1, 1] at every step (and re-derive eps from it); "
-            "useful for image data scaled to [-1, 1]."
+            "Static thresholding: clamp the predicted x_0 to [-1, 1] at every step (and "
+            "re-derive eps from it); useful for image data scaled to [-1, 1]."
         ),
+    )
+    dynamic_threshold: bool = Field(
+        False,
+        description=(
+            "Dynamic thresholding (Saharia et al. 2022, section 2.3): per sample, s = the "
+            "dynamic_percentile of |x_0|, at least 1; x_0 <- clamp(x_0, -s, s) / s (eps "
+            "re-derived). Keeps x_0 in [-1, 1] too; applied before clip_x0."
+        ),
+    )
+    dynamic_percentile: float = Field(
+        0.995, gt=0.0, le=1.0, description="The percentile p of |x_0| dynamic thresholding uses."
     )
 
 
@@ -83,18 +95,32 @@ class ChainSampler(Sampler):
                 t_prev = steps[i + 1] if i + 1 < len(steps) else -1
                 t_batch = torch.full((shape[0],), t, device=device, dtype=torch.long)
                 pred = predict(x, t_batch, cond)
-                if self.params.clip_x0:
-                    pred = _clip_x0(model, pred, x, t_batch)
+                pred = self.threshold(model, pred, x, t_batch)
                 x = self.step(model, pred, x, t, t_prev, generator)
                 if callback is not None:
                     callback(SamplerStep(index=i, total=len(steps), t=t, x=x, x0=pred.x0))
         return x
 
+    def threshold(
+        self, model: DiffusionModel, pred: Prediction, x_t: torch.Tensor, t: torch.Tensor
+    ) -> Prediction:
+        """Dynamic then static thresholding of x0, as the options ask, with eps made to agree
+        with the thresholded x0; ``pred`` itself when neither is on."""
+        if not (self.params.dynamic_threshold or self.params.clip_x0):
+            return pred
+        x0 = pred.x0
+        if self.params.dynamic_threshold:
+            x0 = dynamic_threshold(x0, self.params.dynamic_percentile)
+        if self.params.clip_x0:
+            x0 = x0.clamp(-1.0, 1.0)
+        alpha, sigma = model.alpha_sigma(t, x_t.ndim)
+        return Prediction(eps=eps_from_x0(x_t, x0, alpha, sigma), x0=x0, output=pred.output)
 
-def _clip_x0(
-    model: DiffusionModel, pred: Prediction, x_t: torch.Tensor, t: torch.Tensor
-) -> Prediction:
-    """Clamp x0 to [-1, 1] and make eps agree with the clamped x0."""
-    x0 = pred.x0.clamp(-1.0, 1.0)
-    alpha, sigma = model.alpha_sigma(t, x_t.ndim)
-    return Prediction(eps=eps_from_x0(x_t, x0, alpha, sigma), x0=x0, output=pred.output)
+
+def dynamic_threshold(x0: torch.Tensor, percentile: float) -> torch.Tensor:
+    """Dynamic thresholding of Saharia et al. (2022, Imagen, section 2.3), per sample."""
+    # s = the p-th percentile of |x0| over each sample's values, and at least 1
+    s = torch.quantile(x0.detach().flatten(1).abs().float(), percentile, dim=1).clamp(min=1.0)
+    s = column(s.to(x0.dtype), x0.ndim)
+    # threshold x0 to [-s, s], then divide by s
+    return torch.maximum(torch.minimum(x0, s), -s) / s

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Literal
 
-import numpy as np
 import torch
 from pydantic import Field
 
@@ -18,7 +17,10 @@ from ddpmkit import (
     column,
     randn_like,
 )
-from ddpmkit_samplers.chain import ChainSampler, ChainSamplerParams, _clip_x0
+from ddpmkit_samplers.chain import ChainSampler, ChainSamplerParams
+from ddpmkit_samplers.spacing import SPACING_HELP, IndexSpacing, ddim_timesteps
+
+__all__ = ["DDIMSampler", "DDIMSamplerParams", "ddim_timesteps"]
 
 
 class DDIMSamplerParams(ChainSamplerParams):
@@ -35,26 +37,7 @@ class DDIMSamplerParams(ChainSamplerParams):
             "eq. 16) or the model's own reverse variance (fixed, learned or analytic)."
         ),
     )
-    spacing: Literal["leading", "trailing", "linspace"] = Field(
-        "leading",
-        description=(
-            "How S of the T training steps are chosen: leading = 0, k, 2k, ... with k = T // S; "
-            "trailing = T-1, T-1-T/S, ...; linspace = S evenly spaced from 0 to T-1."
-        ),
-    )
-
-
-def ddim_timesteps(num_train: int, steps: int, spacing: str) -> list[int]:
-    """The S training indices visited by DDIM, in decreasing order."""
-    if steps > num_train:
-        raise ConfigError(f"ddim: steps = {steps} exceeds the schedule's T = {num_train}")
-    if spacing == "leading":
-        ts = np.arange(steps) * (num_train // steps)
-    elif spacing == "trailing":
-        ts = np.round(np.arange(num_train, 0, -num_train / steps)).astype(np.int64) - 1
-    else:
-        ts = np.round(np.linspace(0, num_train - 1, steps)).astype(np.int64)
-    return sorted({int(t) for t in ts}, reverse=True)
+    spacing: IndexSpacing = Field("leading", description=SPACING_HELP)
 
 
 class DDIMSampler(ChainSampler):
@@ -128,8 +111,7 @@ class DDIMSampler(ChainSampler):
                 t_batch = torch.full((x.shape[0],), t, device=device, dtype=torch.long)
                 # eps at the current point x_{t_prev}, asking the network at index t
                 pred = model.predict(x, t_batch, cond)
-                if self.params.clip_x0:
-                    pred = _clip_x0(model, pred, x, t_batch)
+                pred = self.threshold(model, pred, x, t_batch)
                 # x0_hat at the current level: (x - sqrt(1 - abar_prev) eps) / sqrt(abar_prev)
                 abar_prev = abar[t_prev] if t_prev >= 0 else abar.new_ones(())
                 x0_hat = (x - (1 - abar_prev).sqrt() * pred.eps) / abar_prev.sqrt()

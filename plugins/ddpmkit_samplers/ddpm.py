@@ -1,23 +1,50 @@
-"""Ancestral sampling of Ho et al. (2020), Algorithm 2."""
+"""Ancestral sampling of Ho et al. (2020), Algorithm 2, on all T or respaced timesteps."""
 
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 
 from ddpmkit import DiffusionModel, Prediction, randn_like
-from ddpmkit_samplers.chain import ChainSampler
+from ddpmkit_samplers.chain import ChainSampler, ChainSamplerParams
+from ddpmkit_samplers.spacing import SPACING_HELP, IndexSpacing, ddim_timesteps
+
+
+class DDPMSamplerParams(ChainSamplerParams):
+    """Parameters of the ``ddpm`` sampler."""
+
+    steps: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "Number of sampling steps S (at most T); None visits all T training steps. With "
+            "S < T the chain is respaced (Nichol & Dhariwal 2021, section 4)."
+        ),
+    )
+    spacing: IndexSpacing = Field(
+        "linspace", description=f"{SPACING_HELP} Only used when steps is set."
+    )
 
 
 class DDPMSampler(ChainSampler):
-    """x_{t-1} = mu_theta(x_t, t) + sigma_t z over all T steps (Ho et al. 2020, Algorithm 2).
+    """x_s = mu_theta(x_t, t) + sigma z over the visited steps t -> s (Ho et al. 2020,
+    Algorithm 2; respaced as in Nichol & Dhariwal 2021, section 4).
 
-    sigma_t^2 is the model's reverse variance: beta_t, beta~_t, learned or analytic, whichever
-    the model was built with.
+    On all T steps s = t - 1. On S < T steps (``steps``, ``spacing``) the visited indices
+    t_1 > ... > t_S define a shorter Markov chain whose step t -> s has forward variance
+    beta_{t|s} = 1 - abar_t / abar_s; mu_theta is the posterior mean of that step and sigma^2
+    the model's reverse variance for it: beta_{t|s}, beta~_{t|s}, learned or analytic, whichever
+    the model was built with. The last step lands on x_0 (s = -1, abar_{-1} = 1) without noise.
     """
 
+    Params = DDPMSamplerParams
+    params: DDPMSamplerParams
+
     def timesteps(self, model: DiffusionModel) -> list[int]:
-        """Every training step, T-1 down to 0."""
-        return list(range(model.T - 1, -1, -1))
+        """Every training step, T-1 down to 0, or S of them chosen by ``spacing``."""
+        if self.params.steps is None:
+            return list(range(model.T - 1, -1, -1))
+        return ddim_timesteps(model.T, self.params.steps, self.params.spacing, name="ddpm")
 
     def step(
         self,
@@ -28,11 +55,12 @@ class DDPMSampler(ChainSampler):
         t_prev: int,
         generator: torch.Generator | None,
     ) -> torch.Tensor:
-        """Algorithm 2, lines 3-4."""
+        """Algorithm 2, lines 3-4, for the step t -> t_prev of the (respaced) chain."""
         t_batch = torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)
-        mean, log_variance = model.p_mean_variance(pred, x_t, t_batch, t_batch - 1)
-        # line 3: z ~ N(0, I) if t > 1, else z = 0  (index 0 is the paper's t = 1)
-        if t == 0:
+        s_batch = torch.full_like(t_batch, t_prev)
+        mean, log_variance = model.p_mean_variance(pred, x_t, t_batch, s_batch)
+        # line 3: z ~ N(0, I) if t > 1, else z = 0  (the step onto x_0, index -1, has no noise)
+        if t_prev < 0:
             return mean
         # line 4: x_{t-1} = mu_theta + sigma_t z
         return mean + (0.5 * log_variance).exp() * randn_like(x_t, generator)

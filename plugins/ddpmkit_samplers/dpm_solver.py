@@ -1,0 +1,127 @@
+"""DPM-Solver++(2M) of Lu et al. (2022, "DPM-Solver++"), Algorithm 2: multistep, data prediction."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from ddpmkit import (
+    Conditioning,
+    DiffusionModel,
+    Guidance,
+    Prediction,
+    SamplerCallback,
+)
+from ddpmkit_samplers.chain import ChainSampler, ChainSamplerParams
+from ddpmkit_samplers.spacing import SPACING_HELP, ddim_timesteps, logsnr_timesteps
+
+
+class DPMSolverPlusPlusSamplerParams(ChainSamplerParams):
+    """Parameters of the ``dpm-solver++`` sampler."""
+
+    steps: int = Field(
+        20, ge=1, description="Number of steps S, which is also the number of network calls."
+    )
+    spacing: Literal["trailing", "logsnr", "leading", "linspace"] = Field(
+        "trailing",
+        description=(
+            f"{SPACING_HELP} logsnr = S indices uniform in lambda = log(alpha / sigma) from "
+            "index T-1 to 0 (Lu et al. 2022, appendix D.1). trailing (the default) starts at "
+            "T-1 and ends with a first-order step from T/S - 1 onto x_0; on the GMM oracle "
+            "with a cosine schedule it beat the others at 5 - 20 steps (bench/sampler_nfe.py)."
+        ),
+    )
+
+
+class DPMSolverPlusPlusSampler(ChainSampler):
+    """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2): a second-order multistep solver of the
+    diffusion ODE in lambda = log(alpha_t / sigma_t), written with the data prediction x0_hat.
+
+    With h_i = lambda_{t_i} - lambda_{t_{i-1}} and r_i = h_{i-1} / h_i, each step is
+
+        x_{t_i} = sigma_{t_i} / sigma_{t_{i-1}} x_{t_{i-1}} - alpha_{t_i} (e^{-h_i} - 1) D_i,
+        D_i = (1 + 1 / (2 r_i)) x0_hat_{i-1} - 1 / (2 r_i) x0_hat_{i-2},
+
+    and the first step is first order (D_1 = x0_hat_0, which is DDIM with eta = 0). Only
+    ``pred.x0`` is used, so the solver serves eps, x0 and v models alike, and thresholding
+    (``clip_x0``, ``dynamic_threshold``) acts on the x0_hat it keeps. The chain ends on x_0
+    itself (index -1: abar = 1, sigma = 0, lambda = +inf): there r -> 0 makes the second-order
+    correction diverge, while the first-order update tends to x0_hat, so the last step is
+    first order and returns the last x0_hat (the "lower order final" step of Lu et al.,
+    taken whatever S). S steps cost S network evaluations.
+
+    The multistep history (the previous index and its x0_hat) lives on the sampler and is
+    cleared by :meth:`sample`; a lone :meth:`step` call without history is first order.
+    """
+
+    Params = DPMSolverPlusPlusSamplerParams
+    params: DPMSolverPlusPlusSamplerParams
+
+    def __init__(self, params: DPMSolverPlusPlusSamplerParams | None = None) -> None:
+        super().__init__(params)
+        self._history: tuple[int, torch.Tensor] | None = None
+
+    def timesteps(self, model: DiffusionModel) -> list[int]:
+        """S indices chosen by ``spacing``, decreasing."""
+        name, steps = "dpm-solver++", self.params.steps
+        if self.params.spacing == "logsnr":
+            return logsnr_timesteps(model.schedule.log_snr, steps, name)
+        return ddim_timesteps(model.T, steps, self.params.spacing, name=name)
+
+    def sample(
+        self,
+        model: DiffusionModel,
+        shape: tuple[int, ...],
+        *,
+        x_T: torch.Tensor | None = None,
+        cond: Conditioning | None = None,
+        guidance: Guidance | list[Guidance] | None = None,
+        generator: torch.Generator | None = None,
+        callback: SamplerCallback | None = None,
+    ) -> torch.Tensor:
+        """Run the chain (see :class:`ddpmkit.Sampler`) with a fresh multistep history."""
+        self._history = None
+        try:
+            return super().sample(
+                model,
+                shape,
+                x_T=x_T,
+                cond=cond,
+                guidance=guidance,
+                generator=generator,
+                callback=callback,
+            )
+        finally:
+            self._history = None
+
+    def step(
+        self,
+        model: DiffusionModel,
+        pred: Prediction,
+        x_t: torch.Tensor,
+        t: int,
+        t_prev: int,
+        generator: torch.Generator | None,
+    ) -> torch.Tensor:
+        """Algorithm 2, one step t_{i-1} = ``t`` -> t_i = ``t_prev``."""
+        history, self._history = self._history, (t, pred.x0)
+        # the step onto x_0 (sigma = 0): the first-order update's limit, x0_hat itself
+        if t_prev < 0:
+            return pred.x0
+        # lambda = log(alpha / sigma) = log SNR / 2 and abar, float64 scalars of the schedule
+        lam, abar = 0.5 * model.schedule.log_snr, model.schedule.alphas_cumprod
+        # h_i = lambda_{t_i} - lambda_{t_{i-1}}
+        h = float(lam[t_prev] - lam[t])
+        # D_i = x0_hat_{i-1} on the first step; else with r_i = h_{i-1} / h_i,
+        # D_i = (1 + 1 / (2 r_i)) x0_hat_{i-1} - 1 / (2 r_i) x0_hat_{i-2}
+        D = pred.x0
+        if history is not None:
+            t_before, x0_before = history
+            half_inv_r = h / (2 * float(lam[t] - lam[t_before]))
+            D = (1 + half_inv_r) * pred.x0 - half_inv_r * x0_before
+        # x_{t_i} = sigma_{t_i} / sigma_{t_{i-1}} x_{t_{i-1}} - alpha_{t_i} (e^{-h_i} - 1) D_i
+        ratio = math.sqrt((1 - abar[t_prev]) / (1 - abar[t]))
+        return ratio * x_t - math.sqrt(abar[t_prev]) * math.expm1(-h) * D

@@ -38,6 +38,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     resume = None
     if args.resume is not None:
         resume = Path(args.resume) if args.resume != "latest" else latest_run_directory(config)
+        if not list((resume / "checkpoints").glob("step-*.safetensors")):
+            raise DdpmkitError(f"--resume: no checkpoint in {resume / 'checkpoints'}")
     start = time.perf_counter()
     directory = pipeline.run(resume=resume, progress=not args.quiet)
     elapsed = time.perf_counter() - start
@@ -70,6 +72,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     pipeline.evaluate(model, directory, progress=not args.quiet)
     print(f"eval written to {directory / 'eval.json'}")
     return 0
+
+
+def _positive(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _indices(text: str | None, count: int, total: int) -> list[int]:
@@ -225,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
             help="comma-separated training indices (forward, spectrum) or sampler step "
             "numbers (trajectory); default: 6 evenly spaced",
         )
-        sub_plot.add_argument("--images", type=int, help="how many images (or samples)")
+        sub_plot.add_argument("--images", type=_positive, help="how many images (or samples)")
         sub_plot.add_argument("--seed", type=int, default=0, help="noise seed")
         if name == "trajectory":
             sub_plot.add_argument("--run", metavar="RUN_DIR", help="default: the latest run")

@@ -156,8 +156,8 @@ class PipelineConfig(Section):
     @classmethod
     def _known_device(cls, v: str) -> str:
         head, _, index = v.partition(":")
-        if head not in {"auto", "cpu", "cuda", "mps"} or (index and not index.isdigit()):
-            raise ValueError("device must be auto, cpu, cuda, cuda:N or mps")
+        if head not in {"auto", "cpu", "cuda"} or (index and not index.isdigit()):
+            raise ValueError("device must be auto, cpu, cuda or cuda:N")
         return v
 
     def component_sections(self) -> Iterable[tuple[str, str, ComponentConfig]]:
@@ -214,6 +214,8 @@ def load_config(path: str | Path, overrides: Iterable[str] = ()) -> PipelineConf
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read pipeline file {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"pipeline file {path} is not UTF-8 text: {exc.reason}") from exc
     data = apply_overrides(parse_toml(text, str(path)), overrides)
     output = data.setdefault("output", {})
     if isinstance(output, dict):

@@ -358,8 +358,9 @@ class ReverseVariance(Component, nn.Module, abc.ABC):
     A step goes from training index ``t`` to ``s`` < ``t`` (``s = t - 1`` on the full chain,
     ``s = -1`` lands on x_0). ``extra`` holds the network's output channels beyond the data's
     (``None`` when it has none); a variance with ``output_multiplier = 2`` makes the pipeline
-    build the denoiser with twice the data's channels and reads its second half. As a module,
-    anything a variance estimates (Analytic-DPM's table) is saved with the model's weights.
+    build the denoiser with twice the data's channels and reads its second half. What a
+    variance estimates after training (Analytic-DPM's table) is fitted by :meth:`fit` when a
+    run samples or evaluates; it is not part of the trained checkpoint.
     """
 
     output_multiplier: ClassVar[int] = 1
@@ -395,6 +396,9 @@ class LossWeighting(Component, abc.ABC):
     draws, and :meth:`observe` receives each example's loss afterwards (for weightings that
     learn from history).
     """
+
+    observes: ClassVar[bool] = False
+    """Whether :meth:`observe` learns from the losses (else the model skips the call)."""
 
     def check(self, model: DiffusionModel) -> None:
         """Raise :class:`~ddpmkit.ConfigError` if this weighting cannot train ``model``.

@@ -90,7 +90,10 @@ class DiffusionModel(nn.Module):
         buf("sqrt_one_minus_alphas_cumprod", (1.0 - abar).sqrt())
         buf("betas", schedule.betas)
         # beta~_t = (1 - abar_{t-1}) / (1 - abar_t) beta_t (Ho et al. eq. 7), in float64 first
-        buf("posterior_variance", (1.0 - abar_prev) / (1.0 - abar) * schedule.betas)
+        posterior_variance = (1.0 - abar_prev) / (1.0 - abar) * schedule.betas
+        buf("posterior_variance", posterior_variance)
+        # the floor of clipped log-variances: beta~ of index 1 (a Python float: no device sync)
+        self.variance_floor = float(posterior_variance[min(1, self.T - 1)].clamp(min=1e-20))
 
     @property
     def T(self) -> int:
@@ -140,8 +143,7 @@ class DiffusionModel(nn.Module):
         the first non-zero posterior variance so likelihoods stay finite.
         """
         beta, beta_tilde = self.step_variances(t, s)
-        floor = float(self.posterior_variance[min(1, self.T - 1)].clamp(min=1e-20))
-        dtype = self.alphas_cumprod.dtype
+        dtype, floor = self.alphas_cumprod.dtype, self.variance_floor
         log_beta, log_beta_tilde = beta.clamp(min=floor).log(), beta_tilde.clamp(min=floor).log()
         return log_beta.to(dtype), log_beta_tilde.to(dtype)
 
@@ -178,6 +180,13 @@ class DiffusionModel(nn.Module):
         channels = x_t.shape[1]
         eps, x0 = self.parameterization.to_eps_x0(output[:, :channels], x_t, alpha, sigma)
         return Prediction(eps=eps, x0=x0, output=output)
+
+    def with_x0(
+        self, pred: Prediction, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
+    ) -> Prediction:
+        """``pred`` with x0 replaced (clipped, thresholded...) and eps made to agree with it."""
+        alpha, sigma = self.alpha_sigma(t, x_t.ndim)
+        return Prediction(eps=eps_from_x0(x_t, x0, alpha, sigma), x0=x0, output=pred.output)
 
     def reverse_log_variance(
         self, pred: Prediction, x_t: torch.Tensor, t: torch.Tensor, s: torch.Tensor
@@ -233,17 +242,25 @@ class DiffusionModel(nn.Module):
         *,
         generator: torch.Generator | None = None,
         callback: Callable[[int], None] | None = None,
+        clip_x0: bool | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Every term of L_VLB for a batch: ``(terms (B, T), prior (B,))`` in nats.
 
         ``terms[:, t]`` is L_{t-1} at index t (L_0 at index 0) for one draw of x_t per example;
-        their sum plus the prior L_T is the bound on -log p(x_0).
+        their sum plus the prior L_T is the bound on -log p(x_0). ``clip_x0`` (default: for
+        the discretized decoder, whose data lie in [-1, 1]) clamps the predicted x0 to the data
+        range before the reverse mean is formed, as Ho et al. and Nichol & Dhariwal evaluate:
+        the reverse process stays Gaussian, so the bound stays a bound.
         """
+        clip = self.decoder == "discretized" if clip_x0 is None else clip_x0
         terms = torch.empty(x0.shape[0], self.T, device=x0.device)
         for index in range(self.T):
             t = torch.full((x0.shape[0],), index, device=x0.device, dtype=torch.long)
             x_t = self.q_sample(x0, t, randn_like(x0, generator))
-            terms[:, index] = self.vlb_term(x0, x_t, t, self.predict(x_t, t, cond))
+            pred = self.predict(x_t, t, cond)
+            if clip:
+                pred = self.with_x0(pred, pred.x0.clamp(-1.0, 1.0), x_t, t)
+            terms[:, index] = self.vlb_term(x0, x_t, t, pred)
             if callback is not None:
                 callback(index)
         return terms, self.prior_kl(x0)
@@ -304,7 +321,7 @@ class DiffusionModel(nn.Module):
             frozen = torch.cat([output[:, :channels].detach(), output[:, channels:]], dim=1)
             term = self.vlb_term(x0, x_t, t, self.prediction_from_output(frozen, x_t, t))
             error = error + vlb_weight * self.T * self.bits_per_dim(term, x0)
-        if weighting is not None:
+        if weighting is not None and weighting.observes:
             weighting.observe(t.cpu(), error.detach().cpu())
         return (error * correction).mean()
 

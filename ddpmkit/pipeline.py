@@ -33,9 +33,10 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device = {name!r} but CUDA is not available on this machine")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("device = 'mps' but MPS is not available on this machine")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"device = {name!r}: this machine has {torch.cuda.device_count()} GPUs")
+    return device
 
 
 def _build(kind: str, where: str, section: ComponentConfig, **fill: Any) -> Any:
@@ -143,6 +144,14 @@ class Pipeline:
             except ConfigError as exc:
                 raise ConfigError(f"sample.sampler: {exc}") from exc
         eval_cfg = self.config.eval
+        train, variance_cfg = self.config.train, self.config.variance
+        if train is not None and self.model.variance is not None:
+            learned = self.model.variance.output_multiplier > 1
+            if learned and train.vlb_weight == 0:
+                raise ConfigError(
+                    f"variance {variance_cfg.type if variance_cfg else ''!r} is learned from "
+                    "the VLB term: set train.vlb_weight > 0 (0.001 in Nichol & Dhariwal)"
+                )
         if eval_cfg is not None and eval_cfg.swd and self.sampler is None:
             raise ConfigError("eval.swd = true needs a [sample] section to draw the samples")
         if self.config.train is not None and not any(
@@ -234,6 +243,7 @@ class Pipeline:
         DPM's Gamma_t); a variance with nothing to estimate ignores it."""
         if model.variance is None:
             return
+        model.eval()
         batch = self.config.eval.batch_size if self.config.eval else 64
         model.variance.fit(model, data_batches(self.dataset, len(self.dataset), batch, self.device))
 
@@ -333,7 +343,10 @@ def new_run_directory(config: PipelineConfig) -> Path:
     while candidate.exists():
         n += 1
         candidate = parent / f"{name}-{n}"
-    candidate.mkdir(parents=True)
+    try:
+        candidate.mkdir(parents=True)
+    except OSError as exc:
+        raise ConfigError(f"output.dir: cannot create {candidate}: {exc.strerror}") from exc
     return candidate
 
 
@@ -341,15 +354,16 @@ def latest_run_directory(config: PipelineConfig) -> Path:
     """The most recent run folder of this pipeline's name (for ``--resume``)."""
     parent = Path(config.output.dir)
     name = config.output.name or "run"
-    runs = [p for p in parent.glob(f"{name}*") if p.is_dir() and _is_run_of(p.name, name)]
-    if not runs:
+    numbers = {}
+    for path in parent.glob(f"{name}*"):
+        suffix = path.name[len(name) :]
+        if path.is_dir() and suffix == "":
+            numbers[1] = path
+        elif path.is_dir() and suffix.startswith("-") and suffix[1:].isdigit():
+            numbers[int(suffix[1:])] = path
+    if not numbers:
         raise DdpmkitError(f"no run folder named {name!r} under {parent}")
-    return max(runs, key=lambda p: p.stat().st_mtime)
-
-
-def _is_run_of(folder: str, name: str) -> bool:
-    suffix = folder[len(name) :]
-    return suffix == "" or (suffix.startswith("-") and suffix[1:].isdigit())
+    return numbers[max(numbers)]
 
 
 def write_run_files(directory: Path, resolved: dict[str, Any]) -> None:

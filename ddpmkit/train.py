@@ -244,7 +244,13 @@ class Trainer:
 
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         """Inverse of :meth:`state_tensors` plus the metadata written by :meth:`save`."""
-        self.model.load_state_dict(_strip(tensors, "model."))
+        try:
+            self.model.load_state_dict(_strip(tensors, "model."))
+        except RuntimeError as exc:
+            raise DdpmkitError(
+                f"--resume: the checkpoint's model differs from this pipeline's (was the "
+                f"pipeline file changed?): {str(exc).splitlines()[0]}"
+            ) from exc
         self.ema.shadow = {k: v.to(self.device) for k, v in _strip(tensors, "ema.").items()}
         self.ema.updates = int(meta["ema_updates"])
         state: dict[int, dict[str, torch.Tensor]] = {}

@@ -195,7 +195,7 @@ def test_learned_variance_needs_twice_the_channels(
     write_pipeline: Callable[..., Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = write_pipeline(
-        ("[train]", "[variance]\ntype = 'learned-range'\n\n[train]"),
+        ("[train]", "[variance]\ntype = 'learned-range'\n\n[train]\nvlb_weight = 0.001"),
         ("groups = 4", "groups = 4\nout_channels = 3"),
     )
     assert main(["validate", str(path)]) == 2
@@ -208,8 +208,35 @@ def test_vlb_weighting_refuses_a_learned_variance(
     path = write_pipeline(
         (
             "[train]",
-            "[variance]\ntype = 'learned-range'\n\n[train.weighting]\ntype = 'vlb'\n\n[train]",
+            "[variance]\ntype = 'learned-range'\n\n[train.weighting]\ntype = 'vlb'\n\n"
+            "[train]\nvlb_weight = 0.001",
         ),
     )
     assert main(["validate", str(path)]) == 2
     assert "train.weighting" in capsys.readouterr().err
+
+
+def test_a_learned_variance_without_the_vlb_term_is_refused(
+    write_pipeline: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_pipeline(("[train]", "[variance]\ntype = 'learned-range'\n\n[train]"))
+    assert main(["validate", str(path)]) == 2
+    assert "set train.vlb_weight > 0" in capsys.readouterr().err
+
+
+def test_user_mistakes_around_runs_are_one_message(
+    write_pipeline: Callable[..., Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_pipeline()
+    assert main(["run", str(path), "--quiet", "--resume", str(tmp_path / "nowhere")]) == 2
+    assert "--resume: no checkpoint in" in capsys.readouterr().err
+    assert main(["run", str(path), "--quiet", "--set", "output.dir='/proc/nope'"]) == 2
+    assert "output.dir: cannot create" in capsys.readouterr().err
+    assert main(["run", str(path), "--quiet", "--set", "train.steps=2"]) == 0
+    args = ["run", str(path), "--quiet", "--resume", "--set", "denoiser.base_channels=4"]
+    assert main(args) == 2
+    assert "the checkpoint's model differs" in capsys.readouterr().err
+    binary = tmp_path / "binary.toml"
+    binary.write_bytes(b"\xff\xfe[data]\n")
+    assert main(["validate", str(binary)]) == 2
+    assert "is not UTF-8 text" in capsys.readouterr().err

@@ -176,3 +176,40 @@ def test_hybrid_loss_trains_the_variance_only_through_the_vlb() -> None:
         mse = (out[:, :1] - eps).pow(2).mean(1)
         expected = (mse + 0.001 * 100 * term).mean()
     assert model.loss(x0, t=t, eps=eps, vlb_weight=0.001).item() == pytest.approx(expected.item())
+
+
+class Constant(Denoiser):
+    """A poor network: predicts eps = 0.3 everywhere."""
+
+    @property
+    def in_channels(self) -> int:
+        return 1
+
+    @property
+    def out_channels(self) -> int:
+        return 1
+
+    def forward(
+        self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning | None = None
+    ) -> torch.Tensor:
+        return torch.full_like(x_t, 0.3)
+
+
+def test_image_bounds_clip_the_predicted_x0_to_the_data_range() -> None:
+    """With the discretized decoder (data in [-1, 1]) the bound is evaluated with x0_hat
+    clamped, as Ho et al. do; where abar_t is tiny an unclipped x0_hat = (x_t - s eps) / a is
+    huge and the last KL term explodes."""
+    model = DiffusionModel(
+        ddpmkit.create("schedule", "cosine", timesteps=50),
+        Constant(),
+        ddpmkit.create("parameterization", "eps"),
+        variance=ddpmkit.create("variance", "fixed-small"),
+    )
+    x0 = (torch.randint(0, 256, (64, 1)) / 127.5 - 1).float()
+    clipped, _ = model.vlb_terms(x0, generator=torch.Generator().manual_seed(0))
+    raw, _ = model.vlb_terms(x0, generator=torch.Generator().manual_seed(0), clip_x0=False)
+    assert clipped[:, -1].mean() < 0.01 * raw[:, -1].mean()
+    # continuous data have no range: the Gaussian decoder's bound is not clipped by default
+    model.decoder = "gaussian"
+    default, _ = model.vlb_terms(x0, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(default[:, 1:], raw[:, 1:])

@@ -18,7 +18,6 @@ from ddpmkit import (
     SamplerCallback,
     SamplerStep,
     column,
-    eps_from_x0,
     guided_predict,
     randn,
 )
@@ -113,8 +112,7 @@ class ChainSampler(Sampler):
             x0 = dynamic_threshold(x0, self.params.dynamic_percentile)
         if self.params.clip_x0:
             x0 = x0.clamp(-1.0, 1.0)
-        alpha, sigma = model.alpha_sigma(t, x_t.ndim)
-        return Prediction(eps=eps_from_x0(x_t, x0, alpha, sigma), x0=x0, output=pred.output)
+        return model.with_x0(pred, x0, x_t, t)
 
 
 def dynamic_threshold(x0: torch.Tensor, percentile: float) -> torch.Tensor:

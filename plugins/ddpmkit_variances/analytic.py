@@ -7,7 +7,15 @@ from collections.abc import Iterable
 import torch
 from pydantic import Field
 
-from ddpmkit import DdpmkitError, DiffusionModel, Params, ReverseVariance, column, randn_like
+from ddpmkit import (
+    ConfigError,
+    DdpmkitError,
+    DiffusionModel,
+    Params,
+    ReverseVariance,
+    column,
+    randn_like,
+)
 
 
 class AnalyticVarianceParams(Params):
@@ -53,6 +61,13 @@ class AnalyticVariance(ReverseVariance):
             seen += batches[-1].shape[0]
             if seen >= self.params.num_examples:
                 break
+        r = self.params.data_half_range
+        largest = max(float(x0.abs().max()) for x0 in batches)
+        if r > 0 and largest > r:
+            raise ConfigError(
+                f"variance.data_half_range = {r} but the data reach |x| = {largest:.3g}: the "
+                "bound of Bao et al. Theorem 2 needs the data inside [-r, r]; raise it, or 0"
+            )
         gamma = torch.zeros(model.T, dtype=torch.float64, device=model.alphas_cumprod.device)
         generator = torch.Generator().manual_seed(0)
         for index in range(model.T):
@@ -88,5 +103,4 @@ class AnalyticVariance(ReverseVariance):
             x0_coef = abar_s.sqrt() - root * (abar_t / bbar_t).sqrt()
             bound = lam2 + x0_coef**2 * self.params.data_half_range**2
             optimal = torch.minimum(optimal, bound)
-        floor = float(model.posterior_variance[min(1, model.T - 1)].clamp(min=1e-20))
-        return column(optimal.clamp(min=floor).log().to(x_t.dtype), x_t.ndim)
+        return column(optimal.clamp(min=model.variance_floor).log().to(x_t.dtype), x_t.ndim)

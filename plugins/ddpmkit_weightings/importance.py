@@ -46,6 +46,7 @@ class ImportanceWeighting(VLBWeighting):
     """
 
     Params = ImportanceWeightingParams
+    observes = True
     params: ImportanceWeightingParams
 
     def __init__(self, params: ImportanceWeightingParams | None = None) -> None:

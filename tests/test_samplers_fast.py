@@ -28,11 +28,13 @@ def gen(seed: int) -> torch.Generator:
 
 
 def gaussian_model(timesteps: int = 1000, variance: str | None = None) -> DiffusionModel:
+    # unbounded Gaussian data: no data-range bound on the analytic variance
+    params = {"data_half_range": 0.0} if variance == "analytic" else {}
     return DiffusionModel(
         ddpmkit.create("schedule", "linear", timesteps=timesteps),
         GaussianOracle(MU.tolist(), S),
         ddpmkit.create("parameterization", "eps"),
-        variance=ddpmkit.create("variance", variance) if variance else None,
+        variance=ddpmkit.create("variance", variance, **params) if variance else None,
         decoder="gaussian",
     )
 

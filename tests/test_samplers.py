@@ -162,3 +162,14 @@ def test_clip_x0_keeps_predictions_in_range() -> None:
     x = sampler.sample(model, (64, 2), callback=seen.append)
     assert all(s.x0.abs().max() <= 1.0 for s in seen)
     assert x.abs().max() <= 1.0 + 1e-6
+
+
+def test_every_spacing_gives_s_distinct_indices_in_range() -> None:
+    """For all T <= 120 and S <= T: S distinct decreasing indices in 0..T-1 (trailing once
+    overshot to -1 through float steps)."""
+    for T in range(1, 121):
+        for S in range(1, T + 1):
+            for spacing in ("leading", "trailing", "linspace"):
+                ts = ddim_timesteps(T, S, spacing)
+                assert len(ts) == S and ts == sorted(ts, reverse=True), (T, S, spacing)
+                assert ts[-1] >= 0 and ts[0] <= T - 1, (T, S, spacing)

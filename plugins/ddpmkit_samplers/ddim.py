@@ -16,6 +16,7 @@ from ddpmkit import (
     SamplerStep,
     column,
     randn_like,
+    x0_from_eps,
 )
 from ddpmkit_samplers.chain import ChainSampler, ChainSamplerParams
 from ddpmkit_samplers.spacing import SPACING_HELP, IndexSpacing, ddim_timesteps
@@ -28,7 +29,10 @@ class DDIMSamplerParams(ChainSamplerParams):
 
     steps: int = Field(50, ge=1, description="Number of sampling steps S (at most T).")
     eta: float = Field(
-        0.0, ge=0.0, le=1.0, description="0 is deterministic DDIM, 1 matches DDPM's variance."
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="0 is deterministic DDIM; 1 with variance = posterior is DDPM's beta~.",
     )
     variance: Literal["posterior", "model"] = Field(
         "posterior",
@@ -111,10 +115,9 @@ class DDIMSampler(ChainSampler):
                 t_batch = torch.full((x.shape[0],), t, device=device, dtype=torch.long)
                 # eps at the current point x_{t_prev}, asking the network at index t
                 pred = model.predict(x, t_batch, cond)
-                pred = self.threshold(model, pred, x, t_batch)
-                # x0_hat at the current level: (x - sqrt(1 - abar_prev) eps) / sqrt(abar_prev)
+                # x0_hat at the current level abar_prev (thresholding would break the round trip)
                 abar_prev = abar[t_prev] if t_prev >= 0 else abar.new_ones(())
-                x0_hat = (x - (1 - abar_prev).sqrt() * pred.eps) / abar_prev.sqrt()
+                x0_hat = x0_from_eps(x, pred.eps, abar_prev.sqrt(), (1 - abar_prev).sqrt())
                 # eq. 12 with sigma = 0, upwards: x_t = sqrt(abar_t) x0_hat + sqrt(1 - abar_t) eps
                 x = abar[t].sqrt() * x0_hat + (1 - abar[t]).sqrt() * pred.eps
                 if callback is not None:

@@ -29,7 +29,8 @@ def ddim_timesteps(num_train: int, steps: int, spacing: str, name: str = "ddim")
     if spacing == "leading":
         ts = np.arange(steps) * (num_train // steps)
     elif spacing == "trailing":
-        ts = np.round(np.arange(num_train, 0, -num_train / steps)).astype(np.int64) - 1
+        # T - 1 - round(i T / S) for i < S, in integers: never below 0 (floats could overshoot)
+        ts = num_train - 1 - (np.arange(steps) * num_train + steps // 2) // steps
     else:
         ts = np.round(np.linspace(0, num_train - 1, steps)).astype(np.int64)
     return sorted({int(t) for t in ts}, reverse=True)

@@ -55,6 +55,6 @@ class SigmoidSchedule(RescalableSchedule):
         if p.timesteps > 1 and gamma[-2] <= p.clip_min:
             raise ConfigError(
                 f"schedule sigmoid: abar at step T-1 is {gamma[-2].item():.3g} <= clip_min; "
-                "lower clip_min or tau, or use fewer timesteps"
+                "lower clip_min, raise tau, or use fewer timesteps"
             )
         return gamma.clamp(min=p.clip_min, max=1.0)

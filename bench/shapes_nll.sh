@@ -17,7 +17,7 @@ for variance in fixed-large fixed-small analytic; do
     cp runs/shapes/vlb_terms.png "runs/shapes/vlb_terms-$variance.png"
 done
 ddpmkit eval examples/shapes.toml --quiet --run runs/shapes-hybrid "${held_out[@]}" \
-    --set variance.type='"learned-range"'
+    --set variance.type='"learned-range"' --set train.vlb_weight=0.001
 python - <<'PY'
 import json
 rows = [("L_simple, sigma^2 = beta (fixed large)", "runs/shapes/eval-fixed-large.json"),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import math
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -173,8 +175,13 @@ class Trainer:
             mininterval=0.5,
         )
         window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+        stop = _StopRequest()
         try:
             for x0 in self.batches():
+                if stop.requested:
+                    # Ctrl-C or SIGTERM between two steps: the state is whole, keep it
+                    self.save()
+                    raise KeyboardInterrupt(f"stopped at step {self.step}; checkpoint saved")
                 loss = self.train_step(x0)
                 window_loss += loss
                 window_steps += 1
@@ -194,6 +201,7 @@ class Trainer:
                 if every and self.step % every == 0 and self.step < cfg.steps:
                     self.save()
         finally:
+            stop.restore()
             bar.close()
         self.save()
 
@@ -276,3 +284,25 @@ class Trainer:
 
 def _strip(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+class _StopRequest:
+    """Turns SIGINT and SIGTERM into a flag the training loop checks between steps, so a stop
+    never lands in the middle of an optimizer step (main thread only; elsewhere a no-op)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._request)
+
+    def _request(self, signum: int, frame: object) -> None:
+        if self.requested:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def restore(self) -> None:
+        """Put the previous handlers back."""
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)

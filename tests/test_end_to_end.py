@@ -240,3 +240,31 @@ def test_user_mistakes_around_runs_are_one_message(
     binary.write_bytes(b"\xff\xfe[data]\n")
     assert main(["validate", str(binary)]) == 2
     assert "is not UTF-8 text" in capsys.readouterr().err
+
+
+def test_ctrl_c_saves_a_checkpoint_and_resume_continues(
+    write_pipeline: Callable[..., Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SIGINT during training stops between two steps with a checkpoint of that step, exit
+    130; --resume then finishes the run."""
+    import os
+    import signal
+
+    class Interrupter:
+        @ddpmkit.hookimpl
+        def ddpmkit_train_metrics(self, run: ddpmkit.RunInfo, step: int, metrics: dict) -> None:
+            if step == 2:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    path = write_pipeline(("checkpoint_every = 2", "checkpoint_every = 0"))
+    interrupter = Interrupter()
+    plugin_manager().register(interrupter)
+    try:
+        assert main(["run", str(path), "--quiet"]) == 130
+    finally:
+        plugin_manager().unregister(interrupter)
+    assert "stopped at step 2; checkpoint saved" in capsys.readouterr().err
+    checkpoints = tmp_path / "runs" / "tiny" / "checkpoints"
+    assert [step for step, _ in list_checkpoints(checkpoints)] == [2]
+    assert main(["run", str(path), "--quiet", "--resume"]) == 0
+    assert [step for step, _ in list_checkpoints(checkpoints)][-1] == 6

@@ -156,13 +156,20 @@ class DiffusionModel(nn.Module):
         / (1 - abar_t) x_t (Ho et al. eq. 7; any s < t as in Song et al. 2021 eq. 7).
         """
         s = t - 1 if s is None else s
+        beta_tilde = self.step_variances(t, s)[1]
+        log_variance = column(self.step_log_variances(t, s)[1], x_t.ndim).to(x_t.dtype)
+        mean = self.posterior_mean(x0, x_t, t, s)
+        return mean, column(beta_tilde.to(x_t.dtype), x_t.ndim), log_variance
+
+    def posterior_mean(
+        self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, s: torch.Tensor
+    ) -> torch.Tensor:
+        """mu~ of q(x_s | x_t, x_0) alone (the mean of :meth:`q_posterior`)."""
         abar_t, abar_s = self.abar_at(t), self.abar_at(s)
-        beta, beta_tilde = self.step_variances(t, s)
+        beta = self.step_variances(t, s)[0]
         coef_x0 = (abar_s.sqrt() * beta / (1.0 - abar_t)).to(x_t.dtype)
         coef_xt = ((abar_t / abar_s).sqrt() * (1.0 - abar_s) / (1.0 - abar_t)).to(x_t.dtype)
-        mean = column(coef_x0, x_t.ndim) * x0 + column(coef_xt, x_t.ndim) * x_t
-        log_variance = column(self.step_log_variances(t, s)[1], x_t.ndim).to(x_t.dtype)
-        return mean, column(beta_tilde.to(x_t.dtype), x_t.ndim), log_variance
+        return column(coef_x0, x_t.ndim) * x0 + column(coef_xt, x_t.ndim) * x_t
 
     # -- reverse process ---------------------------------------------------------------------
 
@@ -207,8 +214,7 @@ class DiffusionModel(nn.Module):
         mu_theta(x_t, t) = mu~_t(x_t, x0_hat) (Ho et al. eq. 11 written through eq. 7).
         """
         s = t - 1 if s is None else s
-        mean, _, _ = self.q_posterior(pred.x0, x_t, t, s)
-        return mean, self.reverse_log_variance(pred, x_t, t, s)
+        return self.posterior_mean(pred.x0, x_t, t, s), self.reverse_log_variance(pred, x_t, t, s)
 
     # -- variational bound -------------------------------------------------------------------
 

@@ -72,6 +72,9 @@ class ChainSampler(Sampler):
         """The step list must be computable for the model's schedule."""
         self.timesteps(model)
 
+    def start(self) -> None:
+        """Called before each chain: a multistep sampler forgets its history here."""
+
     def sample(
         self,
         model: DiffusionModel,
@@ -87,6 +90,7 @@ class ChainSampler(Sampler):
         device = model.alphas_cumprod.device
         predict = guided_predict(model, guidance)
         steps = self.timesteps(model)
+        self.start()
         with torch.no_grad():
             x = randn(shape, generator=generator, device=device) if x_T is None else x_T
             x = x.to(device)

@@ -9,11 +9,8 @@ import torch
 from pydantic import Field
 
 from ddpmkit import (
-    Conditioning,
     DiffusionModel,
-    Guidance,
     Prediction,
-    SamplerCallback,
 )
 from ddpmkit_samplers.chain import ChainSampler, ChainSamplerParams
 from ddpmkit_samplers.spacing import SPACING_HELP, ddim_timesteps, logsnr_timesteps
@@ -71,31 +68,9 @@ class DPMSolverPlusPlusSampler(ChainSampler):
             return logsnr_timesteps(model.schedule.log_snr, steps, name)
         return ddim_timesteps(model.T, steps, self.params.spacing, name=name)
 
-    def sample(
-        self,
-        model: DiffusionModel,
-        shape: tuple[int, ...],
-        *,
-        x_T: torch.Tensor | None = None,
-        cond: Conditioning | None = None,
-        guidance: Guidance | list[Guidance] | None = None,
-        generator: torch.Generator | None = None,
-        callback: SamplerCallback | None = None,
-    ) -> torch.Tensor:
-        """Run the chain (see :class:`ddpmkit.Sampler`) with a fresh multistep history."""
+    def start(self) -> None:
+        """A fresh chain has no previous x0 prediction."""
         self._history = None
-        try:
-            return super().sample(
-                model,
-                shape,
-                x_T=x_T,
-                cond=cond,
-                guidance=guidance,
-                generator=generator,
-                callback=callback,
-            )
-        finally:
-            self._history = None
 
     def step(
         self,

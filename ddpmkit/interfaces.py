@@ -108,6 +108,10 @@ PredictFn = Callable[[torch.Tensor, torch.Tensor, "Conditioning | None"], Predic
 
 SamplerCallback = Callable[[SamplerStep], None]
 
+ZERO_TERMINAL_SNR = 2e-10
+"""SNR(T) at or below which a schedule counts as zero-terminal-SNR (Lin et al. 2024): the
+bundled rescale ends on abar_T <= 1e-10; the cosine schedule's own end is 2.4e-9."""
+
 
 # ---------------------------------------------------------------------------------------------
 # The six interfaces
@@ -155,6 +159,11 @@ class NoiseSchedule(Component, abc.ABC):
         """log SNR(t), shape ``(T,)``."""
         return torch.log(self.snr)
 
+    @property
+    def zero_terminal_snr(self) -> bool:
+        """Whether SNR(T) is (almost) zero: at most :data:`ZERO_TERMINAL_SNR` (Lin et al. 2024)."""
+        return bool(self.snr[-1] <= ZERO_TERMINAL_SNR)
+
 
 class Parameterization(Component, abc.ABC):
     """What the network predicts: the training target and the conversion of its output.
@@ -179,6 +188,9 @@ class Parameterization(Component, abc.ABC):
     @abc.abstractmethod
     def eps_error_factor(self, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """f with ||eps_hat - eps||^2 = f * ||output - target||^2 (loss weights are eps-space)."""
+
+    def check(self, schedule: NoiseSchedule) -> None:
+        """Raise :class:`ConfigError` if this parameterization cannot work with ``schedule``."""
 
 
 class Denoiser(Component, nn.Module, abc.ABC):

@@ -68,6 +68,7 @@ class DiffusionModel(nn.Module):
         decoder: Decoder = "discretized",
     ) -> None:
         super().__init__()
+        parameterization.check(schedule)
         self.schedule = schedule
         denoiser.bind(schedule, parameterization)
         self.denoiser = denoiser

@@ -187,6 +187,53 @@ def test_zero_terminal_snr_model_with_v_prediction_is_finite() -> None:
     assert torch.all(torch.isfinite(mean)) and torch.all(torch.isfinite(log_var))
 
 
+@pytest.mark.parametrize("name", ["linear", "cosine", "sigmoid", "scaled-linear"])
+def test_zero_terminal_snr_refuses_eps(name: str) -> None:
+    """Lin et al. (2024): eps cannot be learned at SNR(T) = 0; only the rescaled schedules
+    count as zero-terminal (the plain cosine ends at SNR 2.4e-9 and stays allowed)."""
+    plain = ddpmkit.create("schedule", name, timesteps=50)
+    rescaled = ddpmkit.create("schedule", name, timesteps=50, zero_terminal_snr=True)
+    assert not plain.zero_terminal_snr and rescaled.zero_terminal_snr
+    eps = ddpmkit.create("parameterization", "eps")
+    denoiser = ddpmkit.create("denoiser", "mlp", in_channels=2, out_channels=2, hidden=8)
+    DiffusionModel(schedule=plain, denoiser=denoiser, parameterization=eps)
+    with pytest.raises(ConfigError, match="eps cannot learn a zero-terminal-SNR.*use param"):
+        DiffusionModel(schedule=rescaled, denoiser=denoiser, parameterization=eps)
+    for name in ("v", "x0"):
+        DiffusionModel(
+            schedule=rescaled,
+            denoiser=denoiser,
+            parameterization=ddpmkit.create("parameterization", name),
+        )
+
+
+def test_zero_terminal_snr_eps_pipeline_fails_validation(write_pipeline, capsys) -> None:
+    """`ddpmkit validate` names the problem before any work (exit 2, no traceback)."""
+    from ddpmkit.cli import main
+
+    path = write_pipeline(
+        ("timesteps = 40\n", "timesteps = 40\nzero_terminal_snr = true\n"),
+        ('type = "v"', 'type = "eps"'),
+    )
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "use parameterization v" in err and "Traceback" not in err
+    assert (
+        main(
+            [
+                "validate",
+                str(
+                    write_pipeline(
+                        ("timesteps = 40\n", "timesteps = 40\nzero_terminal_snr = true\n"),
+                        name="v.toml",
+                    )
+                ),
+            ]
+        )
+        == 0
+    )
+
+
 @pytest.mark.parametrize(
     ("name", "params", "message"),
     [

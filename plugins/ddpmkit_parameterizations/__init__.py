@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ddpmkit import Parameterization, eps_from_x0, x0_from_eps
+from ddpmkit import ConfigError, NoiseSchedule, Parameterization, eps_from_x0, x0_from_eps
 
 __all__ = ["EpsParameterization", "VParameterization", "X0Parameterization"]
 
@@ -27,6 +27,19 @@ class EpsParameterization(Parameterization):
     def eps_error_factor(self, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """The target is eps: f = 1."""
         return torch.ones_like(alpha)
+
+    def check(self, schedule: NoiseSchedule) -> None:
+        """Refuse a zero-terminal-SNR schedule (Lin et al. 2024, section 3.2).
+
+        At SNR(T) = 0, x_T is pure noise: eps_theta(x_T) = x_T is trivial to learn and says
+        nothing about x_0, and x0 = (x_T - sigma eps) / alpha divides by alpha_T ~ 0.
+        """
+        if schedule.zero_terminal_snr:
+            raise ConfigError(
+                f"parameterization eps cannot learn a zero-terminal-SNR schedule (SNR(T) = "
+                f"{schedule.snr[-1].item():.1e}): eps at t = T carries no information about x0 "
+                "(Lin et al. 2024); use parameterization v"
+            )
 
 
 class X0Parameterization(Parameterization):

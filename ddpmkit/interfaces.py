@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import attrs
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from ddpmkit.errors import ConfigError
@@ -128,7 +128,11 @@ class NoiseSchedule(Component, abc.ABC):
 
     def __init__(self, params: Params | None = None) -> None:
         self._set_params(params)
-        abar = self.make_alphas_cumprod().to(torch.float64)
+        self._set_alphas_cumprod(self.make_alphas_cumprod())
+
+    def _set_alphas_cumprod(self, abar: torch.Tensor) -> None:
+        """Validate abar_t and derive alpha_t and beta_t from it (float64, CPU)."""
+        abar = abar.detach().to("cpu", torch.float64)
         name = type(self).__name__
         if abar.ndim != 1 or abar.numel() == 0:
             raise ConfigError(f"schedule {name}: alphas_cumprod must have shape (T,) with T >= 1")
@@ -163,6 +167,58 @@ class NoiseSchedule(Component, abc.ABC):
     def zero_terminal_snr(self) -> bool:
         """Whether SNR(T) is (almost) zero: at most :data:`ZERO_TERMINAL_SNR` (Lin et al. 2024)."""
         return bool(self.snr[-1] <= ZERO_TERMINAL_SNR)
+
+
+class LearnableScheduleParams(Params):
+    """Parameters every learnable schedule has: the number of training steps."""
+
+    timesteps: int = Field(1000, ge=2, description="Number of training steps T.")
+
+
+class LearnableSchedule(NoiseSchedule, nn.Module):
+    """A schedule with trainable parameters: log-SNR as a network of the time (Kingma et al.
+    2021, section 3.2), trained jointly with the denoiser on the variational bound.
+
+    A subclass creates its parameters in :meth:`build` and implements :meth:`log_snr_at`.
+    ``alphas_cumprod`` and everything derived from it are a no-grad snapshot of the current
+    parameters, taken by :meth:`refresh`; :class:`~ddpmkit.DiffusionModel` re-takes it after
+    every optimizer step and on loading weights, so samplers always see the trained schedule.
+    """
+
+    Params: ClassVar[type[_ParamsModel]] = LearnableScheduleParams
+    params: LearnableScheduleParams
+
+    def __init__(self, params: _ParamsModel | None = None) -> None:
+        nn.Module.__init__(self)
+        self._set_params(params)
+        self.build()
+        self.refresh()
+
+    @abc.abstractmethod
+    def build(self) -> None:
+        """Create the trainable parameters (called once, before the first :meth:`refresh`)."""
+
+    @abc.abstractmethod
+    def log_snr_at(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """log SNR at training indices ``t`` ``(B,)``, returned twice as ``(ends, shape)``.
+
+        Both hold the same values. ``ends`` is differentiable only in the parameters that set
+        the end points log SNR(0) and log SNR(T-1), ``shape`` only in those that shape the
+        curve between them. In continuous time the bound depends on the end points alone
+        (Kingma et al. 2021, section 5.1), so the model trains ``ends`` on the bound and
+        ``shape`` on the variance of its estimate (section 5.3).
+        """
+
+    def make_alphas_cumprod(self) -> torch.Tensor:
+        """abar_t = sigmoid(log SNR(t)) at every index, without gradient, in float64."""
+        device = next(self.parameters()).device
+        with torch.no_grad():
+            log_snr = self.log_snr_at(torch.arange(self.params.timesteps, device=device))[0]
+        return torch.sigmoid(log_snr.to(torch.float64))
+
+    def refresh(self) -> None:
+        """Re-derive ``alphas_cumprod`` (and alpha, beta, SNR) from the current parameters."""
+        self._set_alphas_cumprod(self.make_alphas_cumprod())
 
 
 class Parameterization(Component, abc.ABC):

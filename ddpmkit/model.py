@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -15,6 +15,7 @@ from ddpmkit.interfaces import (
     Conditioning,
     Denoiser,
     Guidance,
+    LearnableSchedule,
     LossWeighting,
     NoiseSchedule,
     Parameterization,
@@ -78,8 +79,17 @@ class DiffusionModel(nn.Module):
         self.variance = variance
         self.decoder: Decoder = decoder
 
-        abar = schedule.alphas_cumprod
+        self._lookup: _LogSnrLookup | None = None
+        self._set_tables(schedule.alphas_cumprod)
+        if isinstance(schedule, LearnableSchedule):
+            self.register_load_state_dict_post_hook(lambda module, keys: module.refresh_schedule())
+
+    def _set_tables(self, abar: torch.Tensor) -> None:
+        """Store what the maths reads from abar_t as buffers, on the device they already use."""
+        device = self.alphas_cumprod.device if hasattr(self, "alphas_cumprod") else abar.device
+        abar = abar.to(device, torch.float64)
         abar_prev = torch.cat([abar.new_ones(1), abar[:-1]])
+        betas = 1.0 - abar / abar_prev
 
         def buf(name: str, value: torch.Tensor) -> None:
             self.register_buffer(name, value.to(torch.float32), persistent=False)
@@ -89,12 +99,20 @@ class DiffusionModel(nn.Module):
         self.register_buffer("alphas_cumprod64", abar.clone(), persistent=False)
         buf("sqrt_alphas_cumprod", abar.sqrt())
         buf("sqrt_one_minus_alphas_cumprod", (1.0 - abar).sqrt())
-        buf("betas", schedule.betas)
+        buf("betas", betas)
         # beta~_t = (1 - abar_{t-1}) / (1 - abar_t) beta_t (Ho et al. eq. 7), in float64 first
-        posterior_variance = (1.0 - abar_prev) / (1.0 - abar) * schedule.betas
+        posterior_variance = (1.0 - abar_prev) / (1.0 - abar) * betas
         buf("posterior_variance", posterior_variance)
         # the floor of clipped log-variances: beta~ of index 1 (a Python float: no device sync)
-        self.variance_floor = float(posterior_variance[min(1, self.T - 1)].clamp(min=1e-20))
+        self.variance_floor = float(posterior_variance[min(1, abar.numel() - 1)].clamp(min=1e-20))
+
+    @torch.no_grad()
+    def refresh_schedule(self) -> None:
+        """Re-read a learnable schedule's abar_t after its parameters changed (an optimizer
+        step, loading weights); a no-op for a fixed schedule."""
+        if isinstance(self.schedule, LearnableSchedule):
+            self.schedule.refresh()
+            self._set_tables(self.schedule.alphas_cumprod)
 
     @property
     def T(self) -> int:
@@ -105,6 +123,10 @@ class DiffusionModel(nn.Module):
 
     def alpha_sigma(self, t: torch.Tensor, ndim: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``(sqrt(abar_t), sqrt(1 - abar_t))`` shaped to broadcast against ``ndim`` dims."""
+        if self._lookup is not None:
+            abar = self._lookup.abar(t)
+            dtype = self.alphas_cumprod.dtype
+            return column(abar.sqrt().to(dtype), ndim), column((1.0 - abar).sqrt().to(dtype), ndim)
         alpha = broadcast(self.sqrt_alphas_cumprod, t, ndim)
         sigma = broadcast(self.sqrt_one_minus_alphas_cumprod, t, ndim)
         return alpha, sigma
@@ -123,6 +145,8 @@ class DiffusionModel(nn.Module):
 
     def abar_at(self, s: torch.Tensor) -> torch.Tensor:
         """abar_s (float64) for indices ``s`` ``(B,)``, with abar_{-1} = 1 (the clean data)."""
+        if self._lookup is not None:
+            return torch.where(s >= 0, self._lookup.abar(s.clamp(min=0)), 1.0)
         return torch.where(s >= 0, self.alphas_cumprod64[s.clamp(min=0)], 1.0)
 
     def step_variances(self, t: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -140,13 +164,13 @@ class DiffusionModel(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(log beta_{t|s}, log beta~_{t|s})``, clipped below at log beta~ of index 1.
 
-        beta~ is 0 on the step that lands on x_0; as in Ho et al.'s code its log is clipped to
-        the first non-zero posterior variance so likelihoods stay finite.
+        beta~ is 0 on the step that lands on x_0 (s = -1); as in Ho et al.'s code it is
+        replaced there by the first non-zero posterior variance so likelihoods stay finite.
         """
         beta, beta_tilde = self.step_variances(t, s)
         dtype, floor = self.alphas_cumprod.dtype, self.variance_floor
-        log_beta, log_beta_tilde = beta.clamp(min=floor).log(), beta_tilde.clamp(min=floor).log()
-        return log_beta.to(dtype), log_beta_tilde.to(dtype)
+        beta_tilde = torch.where(s >= 0, beta_tilde, floor)
+        return beta.clamp(min=floor).log().to(dtype), beta_tilde.log().to(dtype)
 
     def q_posterior(
         self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, s: torch.Tensor | None = None
@@ -302,6 +326,13 @@ class DiffusionModel(nn.Module):
         gradient stopped so that the VLB term only trains the variance. ``t`` and ``eps``
         default to fresh draws from ``generator``; returns the batch mean.
         """
+        if isinstance(self.schedule, LearnableSchedule):
+            if weighting is not None or vlb_weight > 0:
+                raise ValueError(
+                    "a learnable schedule trains on the variational bound itself: "
+                    "no loss weighting and no vlb_weight"
+                )
+            return self.vlb_loss(x0, cond, t=t, eps=eps, generator=generator)
         batch, channels = x0.shape[0], x0.shape[1]
         correction = torch.ones(batch)
         # Algorithm 1, line 3: t ~ Uniform({1, ..., T}) (indices 0..T-1), or the weighting's law
@@ -331,6 +362,82 @@ class DiffusionModel(nn.Module):
         if weighting is not None and weighting.observes:
             weighting.observe(t.cpu(), error.detach().cpu())
         return (error * correction).mean()
+
+    def vlb_loss(
+        self,
+        x0: torch.Tensor,
+        cond: Conditioning | None = None,
+        *,
+        t: torch.Tensor | None = None,
+        eps: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """The variational bound as the loss: T L_t + L_T per example in bits/dim (Kingma et
+        al. 2021, eq. 11 with a discrete T), its batch mean returned.
+
+        With a learnable schedule the bound is differentiable in the schedule: its end points
+        get the bound's gradient, its shape the gradient of E[(T L_t)^2], which with the
+        bound's mean fixed is its variance (Kingma et al. 2021, section 5.3, Appendix I.2).
+        ``t`` defaults to a low-discrepancy draw: one uniform offset, then B evenly spread
+        indices (Kingma et al. 2021, Appendix I.1), which lowers the variance for free.
+        """
+        batch = x0.shape[0]
+        # t: stratified over {0, ..., T-1}, one random offset for the whole batch
+        if t is None:
+            u = torch.rand((), generator=generator)
+            strata = (u + torch.arange(batch, dtype=torch.float64) / batch) % 1.0
+            t = (strata * self.T).long().clamp(max=self.T - 1)
+        t = t.to(x0.device)
+        if eps is None:
+            eps = randn_like(x0, generator)
+        schedule = self.schedule
+        lookup = _LogSnrLookup(schedule) if isinstance(schedule, LearnableSchedule) else None
+        self._lookup = lookup
+        try:
+            # x_t ~ q(x_t | x_0), then the one-step term of the bound at t and the prior term
+            x_t = self.q_sample(x0, t, eps)
+            pred = self.predict(x_t, t, cond)
+            diffusion = self.T * self.bits_per_dim(self.vlb_term(x0, x_t, t, pred), x0)
+            prior = self.bits_per_dim(self.prior_kl(x0), x0)
+        finally:
+            self._lookup = None
+        if lookup is not None:
+            # the shape's gradient becomes d (T L_t)^2 = 2 T L_t d(T L_t), per example
+            lookup.scale = 2.0 * diffusion.detach()
+        return (diffusion + prior).mean()
+
+
+class _LogSnrLookup:
+    """abar at per-example indices, differentiable in a learnable schedule's parameters.
+
+    Every lookup returns ``(B,)`` values, one per example, so the gradient reaching the
+    schedule's shape can be rescaled per example by ``scale`` (set once the loss is known,
+    read by the backward pass).
+    """
+
+    def __init__(self, schedule: LearnableSchedule) -> None:
+        self.schedule = schedule
+        self.scale: torch.Tensor | None = None
+
+    def abar(self, t: torch.Tensor) -> torch.Tensor:
+        """abar_t = sigmoid(log SNR(t)) in float64 for indices ``t`` ``(B,)``."""
+        ends, shape = self.schedule.log_snr_at(t)
+        log_snr = ends + _ScaledGradient.apply(shape - shape.detach(), self)
+        return torch.sigmoid(log_snr.to(torch.float64))
+
+
+class _ScaledGradient(torch.autograd.Function):
+    """Identity forward; the backward multiplies the gradient by ``lookup.scale``."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, lookup: _LogSnrLookup) -> torch.Tensor:
+        ctx.lookup = lookup
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        scale = ctx.lookup.scale
+        return (grad if scale is None else grad * scale.to(grad)), None
 
 
 def randn(

@@ -20,7 +20,7 @@ from ddpmkit.errors import ConfigError, DdpmkitError
 from ddpmkit.evaluate import data_batches, nll_bits_per_dim, swd_to_data, write_eval
 from ddpmkit.hooks import plugin_manager
 from ddpmkit.images import save_grid, save_scatter
-from ddpmkit.interfaces import Dataset, LossWeighting, Sampler, SamplerStep
+from ddpmkit.interfaces import Dataset, LearnableSchedule, LossWeighting, Sampler, SamplerStep
 from ddpmkit.model import DiffusionModel
 from ddpmkit.plots import plot_vlb_terms
 from ddpmkit.runinfo import RunInfo
@@ -161,6 +161,16 @@ class Pipeline:
                 f"train: denoiser {self.config.denoiser.type!r} has no trainable parameters; "
                 "remove [train] to sample from or evaluate it as it is"
             )
+        if isinstance(self.model.schedule, LearnableSchedule) and train is not None:
+            for key, used in (
+                ("weighting", self.weighting is not None),
+                ("vlb_weight", train.vlb_weight > 0),
+            ):
+                if used:
+                    raise ConfigError(
+                        f"train.{key}: schedule {self.config.schedule.type!r} is learned on the "
+                        "variational bound itself (Kingma et al. 2021); remove this key"
+                    )
         if self.weighting is not None:
             try:
                 self.weighting.check(self.model)

@@ -157,6 +157,7 @@ class Trainer:
         if self.config.grad_clip > 0:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         self.optimizer.step()
+        self.model.refresh_schedule()
         self.ema.update(self.model)
         self.step += 1
         return loss.item()

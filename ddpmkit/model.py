@@ -370,59 +370,73 @@ class DiffusionModel(nn.Module):
         *,
         t: torch.Tensor | None = None,
         eps: torch.Tensor | None = None,
+        eps_0: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """The variational bound as the loss: T L_t + L_T per example in bits/dim (Kingma et
-        al. 2021, eq. 11 with a discrete T), its batch mean returned.
+        """The variational bound as the loss, (T-1) L_{t-1} + L_0 + L_T per example in bits
+        per dimension, t ~ U{1, ..., T-1} (Kingma et al. 2021, eq. 11 and 13); the batch mean.
 
-        With a learnable schedule the bound is differentiable in the schedule: its end points
-        get the bound's gradient, its shape the gradient of E[(T L_t)^2], which with the
-        bound's mean fixed is its variance (Kingma et al. 2021, section 5.3, Appendix I.2).
-        ``t`` defaults to a low-discrepancy draw: one uniform offset, then B evenly spread
-        indices (Kingma et al. 2021, Appendix I.1), which lowers the variance for free.
+        L_0 and L_T are computed for every example, as Kingma et al. do: L_0 is one network
+        call at index 0, and weighting it by T with the other terms would make it dominate
+        the estimate's variance. ``t`` defaults to a low-discrepancy draw (one uniform offset,
+        then B evenly spread indices; Appendix I.1). ``eps`` and ``eps_0`` are the noises of
+        x_t and of x at index 0. With a learnable schedule the end points get the bound's
+        gradient and the shape the gradient of E[((T-1) L_{t-1})^2], which, with the bound's
+        mean fixed, is its variance (section 5.3).
         """
-        batch = x0.shape[0]
-        # t: stratified over {0, ..., T-1}, one random offset for the whole batch
+        batch, T = x0.shape[0], self.T
+        if T < 2:
+            raise ValueError("vlb_loss needs T >= 2 (a one-step chain's bound is L_0 + L_T)")
+        # t: stratified over {1, ..., T-1}, one random offset for the whole batch
         if t is None:
             u = torch.rand((), generator=generator)
             strata = (u + torch.arange(batch, dtype=torch.float64) / batch) % 1.0
-            t = (strata * self.T).long().clamp(max=self.T - 1)
+            t = 1 + (strata * (T - 1)).long().clamp(max=T - 2)
+        elif not bool(((t >= 1) & (t < T)).all()):
+            raise ValueError(f"vlb_loss: t must lie in 1 .. T-1 = {T - 1}")
         t = t.to(x0.device)
-        if eps is None:
-            eps = randn_like(x0, generator)
+        eps = randn_like(x0, generator) if eps is None else eps
+        eps_0 = randn_like(x0, generator) if eps_0 is None else eps_0
         schedule = self.schedule
-        lookup = _LogSnrLookup(schedule) if isinstance(schedule, LearnableSchedule) else None
+        lookup = (
+            _LogSnrLookup(schedule, self.T) if isinstance(schedule, LearnableSchedule) else None
+        )
         self._lookup = lookup
         try:
-            # x_t ~ q(x_t | x_0), then the one-step term of the bound at t and the prior term
+            # L_{t-1} at x_t ~ q(x_t | x_0), weighted by the T - 1 terms it stands for
             x_t = self.q_sample(x0, t, eps)
-            pred = self.predict(x_t, t, cond)
-            diffusion = self.T * self.bits_per_dim(self.vlb_term(x0, x_t, t, pred), x0)
-            prior = self.bits_per_dim(self.prior_kl(x0), x0)
+            kl = self.vlb_term(x0, x_t, t, self.predict(x_t, t, cond))
+            diffusion = (T - 1) * self.bits_per_dim(kl, x0)
+            # L_0 = -log p(x_0 | x at index 0) and the prior L_T, for every example
+            first = torch.zeros_like(t)
+            x_first = self.q_sample(x0, first, eps_0)
+            decoder = self.vlb_term(x0, x_first, first, self.predict(x_first, first, cond))
+            ends = self.bits_per_dim(decoder + self.prior_kl(x0), x0)
         finally:
             self._lookup = None
         if lookup is not None:
-            # the shape's gradient becomes d (T L_t)^2 = 2 T L_t d(T L_t), per example
+            # the shape's gradient becomes d D^2 = 2 D dD, D = (T-1) L_{t-1}, per example
             lookup.scale = 2.0 * diffusion.detach()
-        return (diffusion + prior).mean()
+        return (diffusion + ends).mean()
 
 
 class _LogSnrLookup:
     """abar at per-example indices, differentiable in a learnable schedule's parameters.
 
-    Every lookup returns ``(B,)`` values, one per example, so the gradient reaching the
-    schedule's shape can be rescaled per example by ``scale`` (set once the loss is known,
-    read by the backward pass).
+    The schedule's log SNR is evaluated once at every index; each lookup gathers ``(B,)``
+    values, one per example, so the gradient reaching the shape can be rescaled per example
+    by ``scale`` (set once the loss is known, read by the backward pass).
     """
 
-    def __init__(self, schedule: LearnableSchedule) -> None:
-        self.schedule = schedule
+    def __init__(self, schedule: LearnableSchedule, T: int) -> None:
+        device = next(schedule.parameters()).device
+        self.ends, self.shape = schedule.log_snr_at(torch.arange(T, device=device))
         self.scale: torch.Tensor | None = None
 
     def abar(self, t: torch.Tensor) -> torch.Tensor:
         """abar_t = sigmoid(log SNR(t)) in float64 for indices ``t`` ``(B,)``."""
-        ends, shape = self.schedule.log_snr_at(t)
-        log_snr = ends + _ScaledGradient.apply(shape - shape.detach(), self)
+        shape = self.shape[t]
+        log_snr = self.ends[t] + _ScaledGradient.apply(shape - shape.detach(), self)
         return torch.sigmoid(log_snr.to(torch.float64))
 
 

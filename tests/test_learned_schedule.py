@@ -59,36 +59,41 @@ def test_ends_and_shape_are_differentiable_in_disjoint_parameters() -> None:
 
 
 def test_vlb_loss_averaged_over_t_is_the_bound_of_vlb_terms() -> None:
-    """mean_t [T L_t + L_T] over every t, with vlb_terms' own noise, is sum_t L_t + L_T."""
-    for schedule in (ddpmkit.create("schedule", "cosine", timesteps=6), learned(timesteps=6)):
+    """mean over t = 1..T-1 of (T-1) L_{t-1} + L_0 + L_T, with vlb_terms' own noise, is
+    sum_t L_t + L_T: the estimator is unbiased, exactly."""
+    T = 6
+    for schedule in (ddpmkit.create("schedule", "cosine", timesteps=T), learned(timesteps=T)):
         model = make_model(schedule)
         x0 = torch.randn(5, D)
         terms, prior = model.vlb_terms(x0, generator=torch.Generator().manual_seed(1))
         bound = model.bits_per_dim(terms.sum(1) + prior, x0).mean()
         noise = torch.Generator().manual_seed(1)
-        losses = []
-        for index in range(6):
-            eps = ddpmkit.randn_like(x0, noise)  # vlb_terms draws in this order
-            t = torch.full((5,), index)
-            with torch.no_grad():
-                losses.append(model.vlb_loss(x0, t=t, eps=eps))
+        eps = [ddpmkit.randn_like(x0, noise) for _ in range(T)]  # vlb_terms' draws, in order
+        with torch.no_grad():
+            losses = [
+                model.vlb_loss(x0, t=torch.full((5,), index), eps=eps[index], eps_0=eps[0])
+                for index in range(1, T)
+            ]
         # float32 network and buffers versus the float64 path: agree to 1e-5 relative
         torch.testing.assert_close(torch.stack(losses).mean(), bound, rtol=1e-5, atol=0)
+    with pytest.raises(ValueError, match="t must lie in 1 .. T-1"):
+        model.vlb_loss(x0, t=torch.zeros(5, dtype=torch.long))
 
 
 def test_vlb_loss_gradients_end_points_on_the_bound_shape_on_its_variance() -> None:
     """Against an independent closed form (Kingma et al. eq. 13 with sigma^2 = beta~):
-    T L_t = T/2 expm1(lambda_s - lambda_t) ||eps - eps_hat||^2 for t >= 1, and the prior KL."""
+    (T-1) L_{t-1} = (T-1)/2 expm1(lambda_s - lambda_t) ||eps - eps_hat||^2, the prior KL and
+    the Gaussian decoder's L_0."""
     T = 8
     # float64 throughout: the end points' gradient is a sum of cancelling terms (moving
     # gamma_0 moves the whole curve), which float32 leaves with ~1% error
     model = make_model(learned(timesteps=T, hidden=16)).double()
     schedule = model.schedule
     assert isinstance(schedule, ddpmkit.LearnableSchedule)
-    x0, eps = torch.randn(6, D, dtype=torch.float64), torch.randn(6, D, dtype=torch.float64)
-    t = torch.tensor([1, 2, 3, 5, 6, 7])  # t >= 1: the KL terms (L_0 is the decoder's)
+    x0, eps, eps_0 = torch.randn(3, 6, D, dtype=torch.float64)
+    t = torch.tensor([1, 2, 3, 5, 6, 7])
     model.zero_grad()
-    model.vlb_loss(x0, t=t, eps=eps).backward()
+    model.vlb_loss(x0, t=t, eps=eps, eps_0=eps_0).backward()
     got = {n: p.grad.clone() for n, p in schedule.named_parameters()}
 
     def reference() -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,14 +106,21 @@ def test_vlb_loss_gradients_end_points_on_the_bound_shape_on_its_variance() -> N
         x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * eps
         eps_hat = model.denoiser(x_t, t, None)
         nats = 0.5 * torch.expm1(lam_s - lam_t) * (eps - eps_hat).pow(2).sum(1)
-        diffusion = T * nats / (D * math.log(2))
+        diffusion = (T - 1) * nats / (D * math.log(2))
         abar_T = torch.sigmoid(lam(torch.full_like(t, T - 1))).unsqueeze(1)
         prior = 0.5 * (abar_T * x0**2 + (1 - abar_T) - 1 - torch.log(1 - abar_T)).sum(1)
-        return diffusion, prior / (D * math.log(2))
+        # L_0: Gaussian decoder N(x0_hat, beta~ of index 1) at x_1 = alpha_1 x0 + sigma_1 eps_0
+        lam_1, lam_2 = lam(torch.zeros_like(t)), lam(torch.ones_like(t))
+        abar_1, abar_2 = torch.sigmoid(lam_1).unsqueeze(1), torch.sigmoid(lam_2).unsqueeze(1)
+        x_1 = abar_1.sqrt() * x0 + (1 - abar_1).sqrt() * eps_0
+        x0_hat = (x_1 - (1 - abar_1).sqrt() * model.denoiser(x_1, 0 * t, None)) / abar_1.sqrt()
+        var = ((1 - abar_1) / (1 - abar_2) * (1 - abar_2 / abar_1)).detach()  # the clip
+        decoder = (0.5 * (x0 - x0_hat) ** 2 / var + 0.5 * torch.log(2 * math.pi * var)).sum(1)
+        return diffusion, (prior + decoder) / (D * math.log(2))
 
     diffusion, prior = reference()
-    assert model.vlb_loss(x0, t=t, eps=eps).item() == pytest.approx(
-        (diffusion + prior).mean().item(), rel=1e-10
+    assert model.vlb_loss(x0, t=t, eps=eps, eps_0=eps_0).item() == pytest.approx(
+        (diffusion + prior).mean().item(), rel=1e-9
     )
     schedule.zero_grad()
     (diffusion + prior).mean().backward()
@@ -175,7 +187,7 @@ def test_training_the_shape_lowers_the_variance_of_the_bound_estimate() -> None:
 
     before = spread()
     optimizer = torch.optim.Adam(model.schedule.parameters(), lr=0.05)
-    for _ in range(100):
+    for _ in range(200):
         optimizer.zero_grad()
         model.vlb_loss(x0[:512], generator=noise).backward()
         optimizer.step()

@@ -205,6 +205,31 @@ def test_dpm_solver_logsnr_steps() -> None:
         ddpmkit.create("sampler", "dpm-solver++", steps=2000).check(gaussian_model())
 
 
+def test_dpm_solver_logsnr_range() -> None:
+    """logsnr_min / logsnr_max: index T-1 first, then S-1 indices uniform in lambda between
+    the two bounds (to within the nearest index's lambda)."""
+    schedule = ddpmkit.create("schedule", "cosine", timesteps=1000)
+    log_snr = schedule.log_snr
+    for steps in (2, 5, 20, 100, 1000):
+        ts = logsnr_timesteps(log_snr, steps, "dpm-solver++", -5.0, 7.0)
+        assert len(ts) == steps and ts == sorted(set(ts), reverse=True) and ts[0] == 999
+    ts = logsnr_timesteps(log_snr, 20, "dpm-solver++", -5.0, 7.0)
+    lam = 0.5 * log_snr[ts[1:]]
+    # the nearest index is within half an index's lambda step, < 0.02 here
+    assert lam[0].item() == pytest.approx(-2.5, abs=0.02)
+    assert lam[-1].item() == pytest.approx(3.5, abs=0.02)
+    h = lam.diff()
+    torch.testing.assert_close(h, torch.full_like(h, 6.0 / 18), atol=0.04, rtol=0)
+    # a lower bound below lambda_{T-1} changes nothing
+    assert logsnr_timesteps(log_snr, 20, "x", -100.0) == logsnr_timesteps(log_snr, 20, "x")
+    with pytest.raises(ddpmkit.ConfigError, match="x: the log-SNR range .* is empty"):
+        logsnr_timesteps(log_snr, 20, "x", 30.0)
+    with pytest.raises(ddpmkit.ConfigError, match="need spacing = 'logsnr'"):
+        ddpmkit.create("sampler", "dpm-solver++", logsnr_min=-5.0)
+    with pytest.raises(ddpmkit.ConfigError, match="logsnr_min must be less than logsnr_max"):
+        ddpmkit.create("sampler", "dpm-solver++", spacing="logsnr", logsnr_min=5, logsnr_max=1)
+
+
 def test_dpm_solver_callback_and_clipping() -> None:
     model = gaussian_model(50)  # data mean 1.5: unclipped x0 predictions exceed 1
     seen: list[SamplerStep] = []

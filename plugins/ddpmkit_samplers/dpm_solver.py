@@ -6,7 +6,7 @@ import math
 from typing import Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ddpmkit import (
     DiffusionModel,
@@ -31,6 +31,29 @@ class DPMSolverPlusPlusSamplerParams(ChainSamplerParams):
             "with a cosine schedule it beat the others at 5 - 20 steps (bench/sampler_nfe.py)."
         ),
     )
+    logsnr_min: float | None = Field(
+        None,
+        description=(
+            "logsnr spacing only: the log SNR the first step jumps to from index T-1; the "
+            "other S-1 steps are uniform in lambda above it (default: log SNR of index T-1)."
+        ),
+    )
+    logsnr_max: float | None = Field(
+        None,
+        description=(
+            "logsnr spacing only: the log SNR of the last index before x_0 (default: that "
+            "of index 0)."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _check_range(self) -> DPMSolverPlusPlusSamplerParams:
+        bounds = (self.logsnr_min, self.logsnr_max)
+        if self.spacing != "logsnr" and bounds != (None, None):
+            raise ValueError("logsnr_min and logsnr_max need spacing = 'logsnr'")
+        if None not in bounds and bounds[0] >= bounds[1]:  # type: ignore[operator]
+            raise ValueError("logsnr_min must be less than logsnr_max")
+        return self
 
 
 class DPMSolverPlusPlusSampler(ChainSampler):
@@ -65,7 +88,8 @@ class DPMSolverPlusPlusSampler(ChainSampler):
         """S indices chosen by ``spacing``, decreasing."""
         name, steps = "dpm-solver++", self.params.steps
         if self.params.spacing == "logsnr":
-            return logsnr_timesteps(model.schedule.log_snr, steps, name)
+            low, high = self.params.logsnr_min, self.params.logsnr_max
+            return logsnr_timesteps(model.schedule.log_snr, steps, name, low, high)
         return ddim_timesteps(model.T, steps, self.params.spacing, name=name)
 
     def start(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ddpmkit.embeddings import timestep_features
 from ddpmkit.errors import ConfigError, DataError, DdpmkitError, PluginError
 from ddpmkit.hookspecs import hookimpl
 from ddpmkit.images import load_image, make_grid, save_grid, save_scatter, to_uint8
@@ -26,6 +27,7 @@ from ddpmkit.interfaces import (
     Sampler,
     SamplerCallback,
     SamplerStep,
+    TrainingObjective,
 )
 from ddpmkit.model import (
     Decoder,
@@ -74,6 +76,7 @@ __all__ = [
     "Sampler",
     "SamplerCallback",
     "SamplerStep",
+    "TrainingObjective",
     "__version__",
     "broadcast",
     "column",
@@ -88,6 +91,7 @@ __all__ = [
     "register",
     "save_grid",
     "save_scatter",
+    "timestep_features",
     "to_uint8",
     "x0_from_eps",
 ]

@@ -82,6 +82,14 @@ class TrainConfig(Section):
         ),
     )
 
+    objective: ComponentConfig | None = Field(
+        None,
+        description=(
+            "A training objective component (`[train.objective]`) that replaces the model's "
+            "own loss, e.g. adversarial training; absent: the diffusion loss."
+        ),
+    )
+
     @field_validator("adam_betas")
     @classmethod
     def _betas_in_range(cls, v: tuple[float, float]) -> tuple[float, float]:
@@ -170,6 +178,8 @@ class PipelineConfig(Section):
         yield "denoiser", "denoiser", self.denoiser
         if self.train is not None and self.train.weighting is not None:
             yield "train.weighting", "weighting", self.train.weighting
+        if self.train is not None and self.train.objective is not None:
+            yield "train.objective", "objective", self.train.objective
         if self.sample is not None:
             yield "sample.sampler", "sampler", self.sample.sampler
         if self.eval is not None and self.eval.data is not None:

@@ -455,6 +455,43 @@ class ReverseVariance(Component, nn.Module, abc.ABC):
         """log sigma^2 for the steps ``t -> s`` (each ``(B,)``), broadcastable to ``x_t``."""
 
 
+class TrainingObjective(Component, abc.ABC):
+    """A training objective other than the model's own loss (kind ``objective``).
+
+    The trainer calls :meth:`setup` once, before any resume, then :meth:`loss` every step and
+    back-propagates its result into the :class:`~ddpmkit.DiffusionModel`'s parameters, which
+    it alone steps (with its optimizer, clipping and EMA). An objective with networks of its
+    own (a discriminator) owns them, their optimizer and their updates, takes them inside
+    :meth:`loss`, and saves them through :meth:`state_dict`. Adversarial training (Xiao et al.
+    2022) is the bundled example.
+    """
+
+    def check(self, model: DiffusionModel) -> None:
+        """Raise :class:`~ddpmkit.ConfigError` if this objective cannot train ``model``."""
+
+    @abc.abstractmethod
+    def setup(self, model: DiffusionModel, data_shape: tuple[int, ...]) -> None:
+        """Build what the objective owns for ``model`` and examples of ``data_shape``, on the
+        model's device (called once by the trainer, before any checkpoint is loaded)."""
+
+    @abc.abstractmethod
+    def loss(
+        self, model: DiffusionModel, x0: torch.Tensor, generator: torch.Generator | None
+    ) -> torch.Tensor:
+        """The scalar loss of a batch ``x0`` for the model's parameters to descend."""
+
+    def metrics(self) -> dict[str, float]:
+        """Extra numbers for the training log after the last :meth:`loss` (default: none)."""
+        return {}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Everything needed to continue training, as named tensors (default: nothing)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore :meth:`state_dict` from a checkpoint."""
+
+
 class LossWeighting(Component, abc.ABC):
     """Which timesteps training sees and how much each counts (kind ``weighting``).
 

@@ -20,7 +20,14 @@ from ddpmkit.errors import ConfigError, DdpmkitError
 from ddpmkit.evaluate import data_batches, nll_bits_per_dim, swd_to_data, write_eval
 from ddpmkit.hooks import plugin_manager
 from ddpmkit.images import save_grid, save_scatter
-from ddpmkit.interfaces import Dataset, LearnableSchedule, LossWeighting, Sampler, SamplerStep
+from ddpmkit.interfaces import (
+    Dataset,
+    LearnableSchedule,
+    LossWeighting,
+    Sampler,
+    SamplerStep,
+    TrainingObjective,
+)
 from ddpmkit.model import DiffusionModel
 from ddpmkit.plots import plot_vlb_terms
 from ddpmkit.runinfo import RunInfo
@@ -107,6 +114,11 @@ class Pipeline:
         return self.built.get("train.weighting")
 
     @property
+    def objective(self) -> TrainingObjective | None:
+        """The ``[train.objective]`` training objective, if any."""
+        return self.built.get("train.objective")
+
+    @property
     def eval_dataset(self) -> Dataset:
         """The data set ``[eval]`` measures (the training data unless it names another)."""
         return self.built.get("eval.data", self.dataset)
@@ -171,6 +183,20 @@ class Pipeline:
                         f"train.{key}: schedule {self.config.schedule.type!r} is learned on the "
                         "variational bound itself (Kingma et al. 2021); remove this key"
                     )
+        if self.objective is not None and train is not None:
+            for key, used in (
+                ("weighting", self.weighting is not None),
+                ("vlb_weight", train.vlb_weight > 0),
+            ):
+                if used:
+                    raise ConfigError(
+                        f"train.{key}: train.objective {train.objective.type!r} "  # type: ignore[union-attr]
+                        "replaces the diffusion loss; remove this key"
+                    )
+            try:
+                self.objective.check(self.model)
+            except ConfigError as exc:
+                raise ConfigError(f"train.objective: {exc}") from exc
         if self.weighting is not None:
             try:
                 self.weighting.check(self.model)
@@ -225,6 +251,7 @@ class Pipeline:
                         run=info, step=step, path=path
                     ),
                     weighting=self.weighting,
+                    objective=self.objective,
                     progress=progress,
                 )
                 if resume is not None:

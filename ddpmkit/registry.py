@@ -26,6 +26,7 @@ KIND_GROUPS: Mapping[str, str] = {
     "dataset": "ddpmkit.datasets",
     "variance": "ddpmkit.variances",
     "weighting": "ddpmkit.weightings",
+    "objective": "ddpmkit.objectives",
 }
 """Each component kind and the entry-point group its plugins register in."""
 

@@ -24,7 +24,7 @@ from ddpmkit.checkpoint import (
 )
 from ddpmkit.config import TrainConfig
 from ddpmkit.errors import DdpmkitError
-from ddpmkit.interfaces import Dataset, LossWeighting
+from ddpmkit.interfaces import Dataset, LossWeighting, TrainingObjective
 from ddpmkit.model import DiffusionModel
 
 
@@ -112,6 +112,7 @@ class Trainer:
         on_metrics: MetricsCallback | None = None,
         on_checkpoint: CheckpointCallback | None = None,
         weighting: LossWeighting | None = None,
+        objective: TrainingObjective | None = None,
         progress: bool = True,
     ) -> None:
         self.model = model
@@ -123,6 +124,7 @@ class Trainer:
         self.on_metrics = on_metrics
         self.on_checkpoint = on_checkpoint
         self.weighting = weighting
+        self.objective = objective
         self.progress = progress
         self.device = model.alphas_cumprod.device
         self.optimizer = torch.optim.AdamW(
@@ -133,6 +135,8 @@ class Trainer:
         )
         self.ema = EMA(model, config.ema_decay, config.ema_warmup)
         self.noise = torch.Generator().manual_seed(seed + 1)
+        if objective is not None:
+            objective.setup(model, tuple(dataset.shape))
         self.step = 0
 
     # -- the loop ----------------------------------------------------------------------------
@@ -147,9 +151,15 @@ class Trainer:
         """One step of Algorithm 1 (lines 2-5) plus the EMA update; returns the loss."""
         for group in self.optimizer.param_groups:
             group["lr"] = self.config.lr * lr_factor(self.step, self.config)
-        loss = self.model.loss(
-            x0, generator=self.noise, weighting=self.weighting, vlb_weight=self.config.vlb_weight
-        )
+        if self.objective is not None:
+            loss = self.objective.loss(self.model, x0, self.noise)
+        else:
+            loss = self.model.loss(
+                x0,
+                generator=self.noise,
+                weighting=self.weighting,
+                vlb_weight=self.config.vlb_weight,
+            )
         if not torch.isfinite(loss):
             raise DdpmkitError(f"training diverged: loss is {loss.item()} at step {self.step}")
         self.optimizer.zero_grad(set_to_none=True)
@@ -195,6 +205,8 @@ class Trainer:
                         "lr": self.optimizer.param_groups[0]["lr"],
                         "it_per_s": window_steps / max(elapsed, 1e-9),
                     }
+                    if self.objective is not None:
+                        metrics.update(self.objective.metrics())
                     if self.on_metrics is not None:
                         self.on_metrics(self.step, metrics)
                     window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
@@ -218,6 +230,9 @@ class Trainer:
         if self.weighting is not None:
             state = self.weighting.state_dict()
             tensors.update({f"weighting.{k}": v for k, v in state.items()})
+        if self.objective is not None:
+            state = self.objective.state_dict()
+            tensors.update({f"objective.{k}": v for k, v in state.items()})
         tensors["rng.noise"] = self.noise.get_state()
         tensors["rng.torch"] = torch.get_rng_state()
         return tensors
@@ -272,6 +287,8 @@ class Trainer:
         self.optimizer.load_state_dict({"state": state, "param_groups": groups})
         if self.weighting is not None:
             self.weighting.load_state_dict(_strip(tensors, "weighting."))
+        if self.objective is not None:
+            self.objective.load_state_dict(_strip(tensors, "objective."))
         self.noise.set_state(tensors["rng.noise"])
         torch.set_rng_state(tensors["rng.torch"])
         self.step = int(meta["step"])

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import itertools
-import math
 
+import attrs
 import torch
 from pydantic import Field
 from torch import nn
 
-from ddpmkit import Conditioning, Denoiser, Params
+from ddpmkit import Conditioning, Denoiser, Params, timestep_features
 from ddpmkit_toy._cond import check_unconditional
 
 
@@ -23,20 +23,24 @@ class MLPParams(Params):
     hidden: int = Field(128, ge=1, description="Width of every hidden layer.")
     layers: int = Field(3, ge=1, description="Number of hidden layers.")
     time_dim: int = Field(64, ge=2, description="Number of sinusoidal features of t.")
+    cond_embed_dim: int = Field(
+        0,
+        ge=0,
+        description="Width of cond.embedding, concatenated to the input (0: unconditional).",
+    )
 
 
 def sinusoidal(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Transformer sin/cos features of the index ``t`` ``(B,)`` (Vaswani et al. 2017, sec. 3.5),
-    ``(B, dim)`` float32, as used for timesteps by Ho et al. 2020."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device) / half)
-    args = t.to(torch.float32)[:, None] * freqs[None, :]
-    features = torch.cat([torch.sin(args), torch.cos(args)], dim=-1)
-    return nn.functional.pad(features, (0, dim - 2 * half))
+    """Transformer sin/cos features of ``t`` ``(B,)``: :func:`ddpmkit.timestep_features`."""
+    return timestep_features(t, dim, max_period)
 
 
 class MLPDenoiser(Denoiser):
-    """[x_t, sinusoidal(t)] -> (Linear, SiLU) x layers -> Linear: the usual toy-data network."""
+    """[x_t, sinusoidal(t)] -> (Linear, SiLU) x layers -> Linear: the usual toy-data network.
+
+    With ``cond_embed_dim`` > 0 it also takes ``cond.embedding`` ``(B, cond_embed_dim)``,
+    concatenated to the input; an absent embedding counts as zeros (the null condition).
+    """
 
     Params = MLPParams
     params: MLPParams
@@ -44,7 +48,7 @@ class MLPDenoiser(Denoiser):
     def __init__(self, params: MLPParams | None = None) -> None:
         super().__init__(params)
         p = self.params
-        widths = [p.in_channels + p.time_dim] + [p.hidden] * p.layers
+        widths = [p.in_channels + p.time_dim + p.cond_embed_dim] + [p.hidden] * p.layers
         blocks: list[nn.Module] = []
         for n_in, n_out in itertools.pairwise(widths):
             blocks += [nn.Linear(n_in, n_out), nn.SiLU()]
@@ -65,8 +69,22 @@ class MLPDenoiser(Denoiser):
         self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning | None = None
     ) -> torch.Tensor:
         """The network output ``(B, out_channels)``."""
-        check_unconditional(cond, "mlp")
+        width = self.params.cond_embed_dim
+        embedding = cond.embedding if cond is not None else None
+        rest = cond if embedding is None else attrs.evolve(cond, embedding=None)  # type: ignore[misc]
+        check_unconditional(rest, "mlp")
         if x_t.ndim != 2 or x_t.shape[1] != self.in_channels:
             raise ValueError(f"mlp expects x_t of shape (B, {self.in_channels}), got {x_t.shape}")
-        features = sinusoidal(t, self.params.time_dim).to(x_t.dtype)
-        return self.net(torch.cat([x_t, features], dim=1))
+        inputs = [x_t, sinusoidal(t, self.params.time_dim).to(x_t.dtype)]
+        if width > 0:
+            if embedding is None:
+                embedding = x_t.new_zeros(x_t.shape[0], width)
+            if embedding.shape != (x_t.shape[0], width):
+                raise ValueError(
+                    f"mlp: cond.embedding must have shape {(x_t.shape[0], width)}, "
+                    f"got {tuple(embedding.shape)}"
+                )
+            inputs.append(embedding.to(x_t.dtype))
+        elif embedding is not None:
+            raise ValueError("mlp was built with cond_embed_dim = 0 and accepts no cond.embedding")
+        return self.net(torch.cat(inputs, dim=1))

@@ -134,7 +134,7 @@ def test_objective_steps_the_discriminator_and_returns_the_generator_loss() -> N
     assert all(not torch.equal(before[k], after[k]) for k in before)  # one Adam step
     loss.backward()
     assert all(p.grad is not None for p in model.denoiser.parameters())
-    assert set(objective.metrics()) == {"d_loss", "g_loss", "r1"}
+    assert set(objective.metrics()) == {"d_loss", "g_loss", "r1"}  # R1 on step 0
     # the state round-trips into a fresh objective
     state = objective.state_dict()
     fresh = ddpmkit.create("objective", "ddgan", width=32)

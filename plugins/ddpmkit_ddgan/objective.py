@@ -31,6 +31,14 @@ class DDGANObjectiveParams(Params):
     r1_gamma: float = Field(
         0.05, ge=0, description="R1 penalty weight gamma / 2 * ||grad_x D(real)||^2 (0: off)."
     )
+    r1_every: int = Field(
+        4,
+        ge=1,
+        description=(
+            "Apply the R1 penalty every k-th step, weighted by k (lazy regularisation, "
+            "Karras et al. 2020): the same penalty on average for a k-th of its cost."
+        ),
+    )
 
 
 class DDGANObjective(TrainingObjective):
@@ -39,7 +47,8 @@ class DDGANObjective(TrainingObjective):
     Per example: t ~ U{0..T-1}; the real pair is x_{t-1} ~ q(x_{t-1} | x_0) (x_0 itself at
     t = 0) and x_t ~ q(x_t | x_{t-1}); the fake x_{t-1}' ~ q(x_{t-1} | x_t, x0') with
     x0' = G(x_t, z, t). The discriminator descends softplus(-D(real)) + softplus(D(fake)) +
-    gamma/2 ||grad D(real)||^2 (the R1 penalty), then the generator's loss is
+    gamma/2 ||grad D(real)||^2 (the R1 penalty, every ``r1_every`` steps), then the
+    generator's loss is
     softplus(-D(fake)), which the trainer back-propagates into the model.
     """
 
@@ -51,6 +60,7 @@ class DDGANObjective(TrainingObjective):
         self.discriminator: Discriminator | None = None
         self.optimizer: torch.optim.Adam | None = None
         self._metrics: dict[str, float] = {}
+        self._steps = 0
 
     def check(self, model: DiffusionModel) -> None:
         """The denoiser must be a ``ddgan-generator``."""
@@ -83,22 +93,27 @@ class DDGANObjective(TrainingObjective):
         fake = mean + variance.sqrt() * randn_like(x0, generator)
 
         # discriminator step: softplus(-D(real)) + softplus(D(fake)) + gamma/2 R1
+        p = self.params
+        regularize = p.r1_gamma > 0 and self._steps % p.r1_every == 0
         optimizer.zero_grad(set_to_none=True)
-        real = x_prev.detach().requires_grad_(self.params.r1_gamma > 0)
+        real = x_prev.detach().requires_grad_(regularize)
         logits_real = D(real, x_t, t)
         d_loss = nn.functional.softplus(-logits_real).mean()
         d_loss = d_loss + nn.functional.softplus(D(fake.detach(), x_t, t)).mean()
         r1 = torch.zeros((), device=device)
-        if self.params.r1_gamma > 0:
+        if regularize:
             (grad,) = torch.autograd.grad(logits_real.sum(), real, create_graph=True)
             r1 = grad.pow(2).flatten(1).sum(1).mean()
-            d_loss = d_loss + 0.5 * self.params.r1_gamma * r1
+            d_loss = d_loss + 0.5 * p.r1_gamma * p.r1_every * r1
         d_loss.backward()
         optimizer.step()
+        self._steps += 1
 
         # the generator's non-saturating loss against the updated discriminator
         g_loss = nn.functional.softplus(-D(fake, x_t, t)).mean()
-        self._metrics = {"d_loss": d_loss.item(), "g_loss": g_loss.item(), "r1": r1.item()}
+        self._metrics = {"d_loss": d_loss.item(), "g_loss": g_loss.item()}
+        if regularize:
+            self._metrics["r1"] = r1.item()
         return g_loss
 
     def metrics(self) -> dict[str, float]:
@@ -110,6 +125,7 @@ class DDGANObjective(TrainingObjective):
         if self.discriminator is None or self.optimizer is None:
             return {}
         state = {f"disc.{k}": v for k, v in self.discriminator.state_dict().items()}
+        state["steps"] = torch.tensor(self._steps)
         for index, moments in self.optimizer.state_dict()["state"].items():
             for key, value in moments.items():
                 state[f"adam.{index}.{key}"] = torch.as_tensor(value)
@@ -119,6 +135,7 @@ class DDGANObjective(TrainingObjective):
         """Restore :meth:`state_dict` (after :meth:`setup`)."""
         if self.discriminator is None or self.optimizer is None:
             raise RuntimeError("ddgan: setup() must come before load_state_dict()")
+        self._steps = int(state["steps"])
         weights = {k[5:]: v for k, v in state.items() if k.startswith("disc.")}
         self.discriminator.load_state_dict(weights)
         moments: dict[int, dict[str, torch.Tensor]] = {}

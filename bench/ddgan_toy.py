@@ -19,21 +19,13 @@ import time
 from pathlib import Path
 
 import torch
+from mixture import MIXTURE
 
 import ddpmkit
 from ddpmkit.config import TrainConfig
 from ddpmkit.metrics import sliced_wasserstein
 from ddpmkit.train import Trainer
 
-MIXTURE = {
-    "weights": [0.45, 0.3, 0.25],
-    "means": [[-1.2, -0.7], [1.2, -0.7], [0.0, 1.3]],
-    "covariances": [
-        [[0.09, 0.03], [0.03, 0.04]],
-        [[0.04, -0.02], [-0.02, 0.07]],
-        [[0.08, 0.0], [0.0, 0.025]],
-    ],
-}
 # DDGAN's T = 4: the VP SDE (beta_min 0.1, beta_max 20) at four steps (Xiao et al. 2022)
 BETAS = [0.47825530296187846, 0.8492060043167428, 0.9564177091531395, 0.987403901151003]
 N, SEEDS, NFE = 16000, (0, 1, 2), 4

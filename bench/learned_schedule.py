@@ -19,20 +19,12 @@ import time
 from pathlib import Path
 
 import torch
+from mixture import MIXTURE
 
 import ddpmkit
 from ddpmkit.evaluate import nll_bits_per_dim
 from ddpmkit.plots import save_figure
 
-MIXTURE = {
-    "weights": [0.45, 0.3, 0.25],
-    "means": [[-1.2, -0.7], [1.2, -0.7], [0.0, 1.3]],
-    "covariances": [
-        [[0.09, 0.03], [0.03, 0.04]],
-        [[0.04, -0.02], [-0.02, 0.07]],
-        [[0.08, 0.0], [0.0, 0.025]],
-    ],
-}
 T = 1000
 HELD_OUT = 4000
 

@@ -13,19 +13,11 @@ import math
 import time
 
 import torch
+from mixture import MIXTURE
 
 import ddpmkit
 from ddpmkit.evaluate import nll_bits_per_dim
 
-MIXTURE = {
-    "weights": [0.45, 0.3, 0.25],
-    "means": [[-1.2, -0.7], [1.2, -0.7], [0.0, 1.3]],
-    "covariances": [
-        [[0.09, 0.03], [0.03, 0.04]],
-        [[0.04, -0.02], [-0.02, 0.07]],
-        [[0.08, 0.0], [0.0, 0.025]],
-    ],
-}
 VARIANCES = ("fixed-large", "fixed-small", "analytic")
 STEPS = (100, 1000, 4000)
 EXAMPLES = 16000

@@ -3,7 +3,8 @@
 The exact ``gmm-oracle`` of the 2D three-component mixture of tests/test_oracle_sampling.py
 (cosine schedule, T = 1000, eps parameterization) is sampled by respaced DDPM (sigma^2 =
 beta~_{t|s}, fixed-small), DDIM (eta = 0) and DPM-Solver++(2M) at 5 .. 1000 network
-evaluations, with trailing, linspace or logSNR-uniform steps (``spacing``). Each cell is
+evaluations, with trailing, linspace or logSNR-uniform steps (``spacing``; the last row jumps
+from index T-1 to log SNR -5 and spaces the rest uniformly up to log SNR 7). Each cell is
 SW_1 (ddpmkit.metrics.sliced_wasserstein, 256 projections) between N samples and N fresh
 mixture draws, averaged over three seeds; the "data" row is SW_1 between two fresh draws, the
 sampling-noise floor. Prints a markdown table and writes docs/images/sampler_nfe.png.
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
+from mixture import MIXTURE
 
 import ddpmkit
 from ddpmkit import DiffusionModel
@@ -25,15 +27,6 @@ from ddpmkit.metrics import sliced_wasserstein
 from ddpmkit.plots import save_figure
 from ddpmkit_toy import GMMOracle
 
-MIXTURE = {
-    "weights": [0.45, 0.3, 0.25],
-    "means": [[-1.2, -0.7], [1.2, -0.7], [0.0, 1.3]],
-    "covariances": [
-        [[0.09, 0.03], [0.03, 0.04]],
-        [[0.04, -0.02], [-0.02, 0.07]],
-        [[0.08, 0.0], [0.0, 0.025]],
-    ],
-}
 NFES = (5, 10, 20, 50, 100, 1000)
 SEEDS = (0, 1, 2)
 N = 16000
@@ -45,6 +38,11 @@ SAMPLERS = {
     "DDIM (eta 0, linspace)": ("ddim", {"spacing": "linspace"}, None),
     "DPM-Solver++ (trailing)": ("dpm-solver++", {}, None),
     "DPM-Solver++ (logSNR)": ("dpm-solver++", {"spacing": "logsnr"}, None),
+    "DPM-Solver++ (logSNR -5..7)": (
+        "dpm-solver++",
+        {"spacing": "logsnr", "logsnr_min": -5.0, "logsnr_max": 7.0},
+        None,
+    ),
 }
 IMAGE = Path(__file__).resolve().parent.parent / "docs" / "images" / "sampler_nfe.png"
 

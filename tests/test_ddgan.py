@@ -50,8 +50,17 @@ class ExactPosterior(ddpmkit.Denoiser):
         return mean + std * cond.embedding  # type: ignore[attr-defined]
 
 
-@pytest.fixture
-def exact_model() -> DiffusionModel:
+SCHEDULES = {
+    "betas": {"betas": BETAS},
+    "cosine": {"timesteps": 4},
+    "sigmoid": {"timesteps": 4},
+}
+
+
+@pytest.fixture(params=sorted(SCHEDULES))
+def exact_model(request: pytest.FixtureRequest) -> DiffusionModel:
+    """A DDGAN whose generator is exact, on each bundled schedule that ends in noise at T = 4."""
+    schedule = ddpmkit.create("schedule", request.param, **SCHEDULES[request.param])
     ddpmkit.register("denoiser", "exact-posterior")(ExactPosterior)
     try:
         generator = ddpmkit.create(
@@ -63,9 +72,8 @@ def exact_model() -> DiffusionModel:
         )
     finally:
         ddpmkit.registry.unregister("denoiser", "exact-posterior")
-    generator.backbone.bind(ddpmkit.create("schedule", "betas", betas=BETAS), None)
     return DiffusionModel(
-        ddpmkit.create("schedule", "betas", betas=BETAS),
+        schedule,
         generator,
         ddpmkit.create("parameterization", "x0"),
         decoder="gaussian",

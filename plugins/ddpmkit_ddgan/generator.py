@@ -8,7 +8,16 @@ import attrs
 import torch
 from pydantic import Field
 
-from ddpmkit import Conditioning, ConfigError, Denoiser, DiffusionModel, Params, create
+from ddpmkit import (
+    Conditioning,
+    ConfigError,
+    Denoiser,
+    DiffusionModel,
+    NoiseSchedule,
+    Parameterization,
+    Params,
+    create,
+)
 
 
 class DDGANGeneratorParams(Params):
@@ -59,6 +68,10 @@ class DDGANGenerator(Denoiser):
             )
         except ConfigError as exc:
             raise ConfigError(f"ddgan-generator: backbone: {exc}") from exc
+
+    def bind(self, schedule: NoiseSchedule, parameterization: Parameterization) -> None:
+        """Pass the schedule and parameterization on to the backbone."""
+        self.backbone.bind(schedule, parameterization)
 
     @property
     def in_channels(self) -> int:

@@ -9,11 +9,13 @@ SW_1 (ddpmkit.metrics.sliced_wasserstein, 256 projections) between N samples and
 mixture draws, averaged over three seeds; the "data" row is SW_1 between two fresh draws, the
 sampling-noise floor. Prints a markdown table and writes docs/images/sampler_nfe.png.
 
-    python bench/sampler_nfe.py
+    python bench/sampler_nfe.py             # the table and the plot
+    python bench/sampler_nfe.py --paired 10  # DPM-Solver++@20 against DDPM@1000, paired seeds
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -68,8 +70,44 @@ def swd(x: torch.Tensor, seed: int) -> float:
     return float(sliced_wasserstein(x, reference, 256, p=1, generator=torch.Generator()))
 
 
+PAIRED = {
+    # the issue's target: DPM-Solver++ at 20 evaluations against DDPM at 1000, on 10 seeds
+    "DDPM, 1000 steps (beta~)": ("ddpm", {"steps": 1000, "spacing": "trailing"}, "fixed-small"),
+    "DPM-Solver++, 20 steps, log SNR -5..7": (
+        "dpm-solver++",
+        {"steps": 20, "spacing": "logsnr", "logsnr_min": -5.0, "logsnr_max": 7.0},
+        None,
+    ),
+    "DPM-Solver++, 1000 steps": ("dpm-solver++", {"steps": 1000}, None),
+}
+
+
+def paired(seeds: int) -> None:
+    """SW_1 of each PAIRED sampler on ``seeds`` paired seeds, and the paired differences."""
+    scores: dict[str, torch.Tensor] = {}
+    for label, (name, params, variance) in PAIRED.items():
+        m, sampler = model(variance), ddpmkit.create("sampler", name, **params)
+        scores[label] = torch.tensor(
+            [
+                swd(sampler.sample(m, (N, 2), generator=torch.Generator().manual_seed(s)), s)
+                for s in range(seeds)
+            ]
+        )
+    scores["data (noise floor)"] = torch.tensor([swd(fresh(N, 2000 + s), s) for s in range(seeds)])
+    print(f"| sampler | SW_1, mean of {seeds} seeds | standard error |\n|---|---:|---:|")
+    for label, values in scores.items():
+        print(f"| {label} | {values.mean():.4f} | {values.std() / seeds**0.5:.4f} |")
+    base = scores["DDPM, 1000 steps (beta~)"]
+    for label in list(PAIRED)[1:]:
+        d = scores[label] - base
+        print(f"{label} - DDPM 1000: {d.mean():+.4f} +- {d.std() / seeds**0.5:.4f}")
+
+
 def main() -> None:
     torch.set_num_threads(1)
+    if len(sys.argv) > 2 and sys.argv[1] == "--paired":
+        paired(int(sys.argv[2]))
+        return
     start = time.perf_counter()
     results: dict[str, list[float]] = {}
     for label, (name, params, variance) in SAMPLERS.items():

@@ -78,7 +78,7 @@ class PluginPolicy:
             return f"blocked by {self.sources or 'the block list'}"
         third_party = dist not in (CORE_DISTRIBUTION, normalize("<in-process>"))
         if third_party and self.allow is not None and not {dist, entry} & self.allow:
-            return f"not in the allow list ({self.sources or 'autoload disabled'})"
+            return f"blocked: not in the allow list ({self.sources or 'autoload disabled'})"
         return ""
 
 

@@ -95,6 +95,8 @@ def format_report(reports: list[DistributionReport]) -> str:
         lines.append(f"{report.name} {report.version}{api}")
         for c in report.components:
             status = f"{c.status}: {c.reason}" if c.reason else c.status
+            if c.status == "blocked":  # the reason starts with "blocked"
+                status = c.reason
             lines.append(f"  {c.kind.ljust(kind_width)}  {c.name.ljust(name_width)}  {status}")
     policy = plugin_policy.current()
     if policy.sources:

@@ -48,12 +48,15 @@ def variance_type(model: DiffusionModel) -> str:
     )
 
 
-def export_pipeline(model: DiffusionModel, folder: str | Path, *, clip_sample: bool = True) -> Path:
+def export_pipeline(
+    model: DiffusionModel, folder: str | Path, *, clip_sample: bool = False
+) -> Path:
     """Write ``model`` (a ``diffusers-unet`` denoiser) and its schedule as a ``DDPMPipeline``.
 
     The scheduler carries the schedule's betas exactly (``trained_betas``), the
     parameterization as ``prediction_type`` and the reverse variance as ``variance_type``;
-    ``clip_sample`` clips predicted x_0 to [-1, 1] as ddpmkit's samplers do by default.
+    ``clip_sample`` clips the predicted x_0 to [-1, 1] at every step, as a ddpmkit sampler
+    with ``clip_x0 = true`` does (off by default, as in ddpmkit; diffusers' default is on).
     """
     if not isinstance(model.denoiser, DiffusersUNet):
         raise ConfigError(

@@ -79,8 +79,12 @@ def plugin_report() -> list[DistributionReport]:
         found.setdefault(key, []).append(status)
     order = sorted(found, key=lambda k: (k[0] != plugin_policy.CORE_DISTRIBUTION, k[0].lower()))
     return [
-        DistributionReport(name, version, tuple(sorted(apis.get((name, version), ()))),
-                           tuple(found[(name, version)]))
+        DistributionReport(
+            name,
+            version,
+            tuple(sorted(apis.get((name, version), ()))),
+            tuple(found[(name, version)]),
+        )
         for name, version in order
     ]
 

@@ -112,7 +112,7 @@ def record(kind: str, name: str) -> ComponentRecord:
         raise PluginError(
             f"{kind} {name!r} is registered by more than one distribution: {owners}; "
             f"uninstall one of them, or block one with {plugin_policy.ENV_BLOCK}=DIST:{name} "
-            f"or [plugins] block = [\"DIST:{name}\"] in pipeline.toml"
+            f'or [plugins] block = ["DIST:{name}"] in pipeline.toml'
         )
     return candidates[0]
 

@@ -90,6 +90,8 @@ TEST = '''\
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import torch
 
 import ddpmkit
@@ -98,7 +100,7 @@ from ddpmkit.testing import ScheduleContract
 
 class Test{cls}(ScheduleContract):
     name = "{name}"
-    params = {{"timesteps": 100}}
+    params: ClassVar[dict[str, Any]] = {{"timesteps": 100}}
 
 
 def test_log_snr_falls_linearly() -> None:

@@ -71,9 +71,7 @@ def test_a_local_unet2dmodel_folder_is_a_denoiser(tmp_path: Path) -> None:
 
 
 def test_a_scheduler_folder_is_a_schedule(tmp_path: Path) -> None:
-    scheduler = diffusers.DDPMScheduler(
-        num_train_timesteps=30, beta_schedule="squaredcos_cap_v2"
-    )
+    scheduler = diffusers.DDPMScheduler(num_train_timesteps=30, beta_schedule="squaredcos_cap_v2")
     scheduler.save_pretrained(tmp_path / "scheduler")
     schedule = ddpmkit.create("schedule", "diffusers-scheduler", path=str(tmp_path))
     assert schedule.T == 30
@@ -119,10 +117,19 @@ def test_export_of_a_trained_model_samples_the_same_in_ddpmpipeline(
 def test_export_refuses_what_diffusers_cannot_express(tmp_path: Path) -> None:
     from ddpmkit_diffusers import export_pipeline, prediction_type
 
-    unet = ddpmkit.create("denoiser", "unet", in_channels=3, base_channels=8,
-                          channel_mults=[1], num_res_blocks=1, groups=4, attention_levels=[])
+    unet = ddpmkit.create(
+        "denoiser",
+        "unet",
+        in_channels=3,
+        base_channels=8,
+        channel_mults=[1],
+        num_res_blocks=1,
+        groups=4,
+        attention_levels=[],
+    )
     model = ddpmkit.DiffusionModel(
-        ddpmkit.create("schedule", "cosine", timesteps=10), unet,
+        ddpmkit.create("schedule", "cosine", timesteps=10),
+        unet,
         ddpmkit.create("parameterization", "x0"),
     )
     assert prediction_type(model) == "sample"
@@ -130,8 +137,15 @@ def test_export_refuses_what_diffusers_cannot_express(tmp_path: Path) -> None:
         export_pipeline(model, tmp_path / "out")
     analytic = ddpmkit.DiffusionModel(
         ddpmkit.create("schedule", "cosine", timesteps=10),
-        ddpmkit.create("denoiser", "diffusers-unet", sample_size=8, block_out_channels=[8],
-                       attention_levels=[], norm_num_groups=4, layers_per_block=1),
+        ddpmkit.create(
+            "denoiser",
+            "diffusers-unet",
+            sample_size=8,
+            block_out_channels=[8],
+            attention_levels=[],
+            norm_num_groups=4,
+            layers_per_block=1,
+        ),
         ddpmkit.create("parameterization", "eps"),
         variance=ddpmkit.create("variance", "analytic"),
     )

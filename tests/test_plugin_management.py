@@ -174,7 +174,10 @@ def test_plugins_command_groups_by_distribution_with_status(
         },
     )
     make_distribution(
-        site, "ddpmkit_broken", "thirdparty_broken", "raise RuntimeError('boom')\n",
+        site,
+        "ddpmkit_broken",
+        "thirdparty_broken",
+        "raise RuntimeError('boom')\n",
         {"ddpmkit.denoisers": {"broken": "thirdparty_broken:Nope"}},
     )
     monkeypatch.setenv(plugin_policy.ENV_BLOCK, "ddpmkit:jsonl")

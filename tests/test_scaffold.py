@@ -43,7 +43,9 @@ def install_without_pip(folder: Path, site: Path, monkeypatch: pytest.MonkeyPatc
 
 
 def test_new_plugin_writes_a_package_whose_tests_pass(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clean_modules: None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    clean_modules: None,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     assert main(["new-plugin", "demo-sched", "--directory", str(tmp_path)]) == 0
@@ -52,8 +54,18 @@ def test_new_plugin_writes_a_package_whose_tests_pass(
     assert (folder / "src" / "ddpmkit_demo_sched" / "__init__.py").is_file()
     install_without_pip(folder, tmp_path / "site", monkeypatch)
     assert registry.record("schedule", "demo-sched").distribution == "ddpmkit-demo-sched"
-    code = pytest.main([str(folder / "tests"), "-q", "-p", "no:cacheprovider",
-                        "--rootdir", str(folder), "-c", str(folder / "pyproject.toml")])
+    code = pytest.main(
+        [
+            str(folder / "tests"),
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--rootdir",
+            str(folder),
+            "-c",
+            str(folder / "pyproject.toml"),
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0, out
     assert "passed" in out and "failed" not in out

@@ -156,22 +156,36 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     (folder / "test_kit_user.py").write_text(textwrap.dedent(KIT_USER))
     (folder / "pytest.ini").write_text("[pytest]\n")
     recorder = Outcomes()
-    args = [str(folder), "-q", "-p", "no:cacheprovider", "--rootdir", str(folder),
-            "-c", str(folder / "pytest.ini")]
+    args = [
+        str(folder),
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "--rootdir",
+        str(folder),
+        "-c",
+        str(folder / "pytest.ini"),
+    ]
     pytest.main(args, plugins=[recorder])
     from ddpmkit import registry
 
-    for kind, name in [("parameterization", "kit-good-eps"), ("parameterization", "kit-bad-x0"),
-                       ("sampler", "kit-careless"), ("guidance", "kit-inconsistent"),
-                       ("denoiser", "kit-float-only"), ("conditioner", "kit-labels"),
-                       ("conditioner", "kit-short-null")]:
+    for kind, name in [
+        ("parameterization", "kit-good-eps"),
+        ("parameterization", "kit-bad-x0"),
+        ("sampler", "kit-careless"),
+        ("guidance", "kit-inconsistent"),
+        ("denoiser", "kit-float-only"),
+        ("conditioner", "kit-labels"),
+        ("conditioner", "kit-short-null"),
+    ]:
         registry.unregister(kind, name)
     return recorder.outcomes
 
 
 def failed(outcomes: dict[str, str], cls: str) -> set[str]:
-    return {k.split("::")[1] for k, v in outcomes.items() if k.startswith(cls + "::") and
-            v == "failed"}
+    return {
+        k.split("::")[1] for k, v in outcomes.items() if k.startswith(cls + "::") and v == "failed"
+    }
 
 
 def test_a_correct_parameterization_passes(outcomes: dict[str, str]) -> None:
@@ -186,8 +200,11 @@ def test_a_wrong_conversion_fails_the_round_trip_and_the_error_factor(
 
 
 def test_an_unseeded_sampler_that_ignores_guidance_fails(outcomes: dict[str, str]) -> None:
-    assert {"test_seeded_determinism", "test_guidance_is_honoured",
-            "test_callback_reports_each_step"} <= failed(outcomes, "TestCareless")
+    assert {
+        "test_seeded_determinism",
+        "test_guidance_is_honoured",
+        "test_callback_reports_each_step",
+    } <= failed(outcomes, "TestCareless")
     assert outcomes["TestCareless::test_shapes_and_finite"] == "passed"
 
 
@@ -216,8 +233,15 @@ def test_params_round_trip_through_toml_writer() -> None:
     from ddpmkit.config import tomllib
     from ddpmkit.testing import dumps_toml
 
-    data = {"a": 1, "b-c": [1.5, -2.0], "s": 'quote " and \\ back', "n": None, "t": True,
-            "nested": {"x": [[1, 2], [3]], "k y": "z"}, "inf": float("inf")}
+    data = {
+        "a": 1,
+        "b-c": [1.5, -2.0],
+        "s": 'quote " and \\ back',
+        "n": None,
+        "t": True,
+        "nested": {"x": [[1, 2], [3]], "k y": "z"},
+        "inf": float("inf"),
+    }
     back = tomllib.loads(dumps_toml(data))
     assert back == {k: v for k, v in data.items() if v is not None}
 
@@ -235,6 +259,16 @@ def test_a_bundled_class_without_components_is_a_usage_error(tmp_path: Path) -> 
         "class TestNothing(GuidanceContract):\n    distribution = 'ddpmkit-no-such'\n"
     )
     (tmp_path / "pytest.ini").write_text("[pytest]\n")
-    code = pytest.main([str(tmp_path), "-q", "-p", "no:cacheprovider", "--rootdir",
-                        str(tmp_path), "-c", str(tmp_path / "pytest.ini")])
+    code = pytest.main(
+        [
+            str(tmp_path),
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--rootdir",
+            str(tmp_path),
+            "-c",
+            str(tmp_path / "pytest.ini"),
+        ]
+    )
     assert code != 0

@@ -58,7 +58,7 @@ class ComponentContract:
     through TOML, refuse unknown keys, document every parameter, declare the plugin API."""
 
     kind: ClassVar[str] = ""
-    interface: ClassVar[type] = object
+    interface: ClassVar[type[Any]] = object
     name: ClassVar[str | None] = None
     """The registered name under test (or set ``distribution``)."""
     distribution: ClassVar[str | None] = None
@@ -94,7 +94,7 @@ class ComponentContract:
     # -- the tests every kind shares ---------------------------------------------------------
 
     def test_builds_from_registry(self, component_name: str, tmp_path: Path) -> None:
-        component = self.build(component_name, tmp_path)
+        component: Any = self.build(component_name, tmp_path)
         cls = registry.load(self.kind, component_name)
         assert isinstance(component, self.interface), f"not a {self.interface.__name__}"
         assert isinstance(component.params, cls.Params)
@@ -136,7 +136,7 @@ class ScheduleContract(ComponentContract):
         assert bool((abar > 0).all() and (abar <= 1).all()), "abar must lie in (0, 1]"
         assert bool((abar[1:] < abar[:-1]).all()), "abar must decrease strictly"
         if "timesteps" in type(schedule.params).model_fields:
-            assert schedule.T == schedule.params.timesteps  # type: ignore[attr-defined]
+            assert schedule.params.timesteps == schedule.T  # type: ignore[attr-defined]
 
     def test_derived_quantities(self, component_name: str, tmp_path: Path) -> None:
         schedule: NoiseSchedule = self.build(component_name, tmp_path)
@@ -248,8 +248,9 @@ class SamplerContract(ComponentContract):
         shifted = self._sample(sampler, reference_model(), shape, guidance=ShiftGuidance(0.5))
         assert float((shifted - plain).mean()) > 0.05, "x0 + 0.5 did not move the samples up"
         nested = [IdentityGuidance(), ShiftGuidance(0.5)]
-        torch.testing.assert_close(self._sample(sampler, reference_model(), shape,
-                                                guidance=nested), shifted)
+        torch.testing.assert_close(
+            self._sample(sampler, reference_model(), shape, guidance=nested), shifted
+        )
 
     def test_callback_reports_each_step(self, component_name: str, tmp_path: Path) -> None:
         sampler = self.build(component_name, tmp_path)
@@ -269,8 +270,9 @@ class SamplerContract(ComponentContract):
 def _refused(kind: str, name: str) -> bool:
     """Whether the plugin policy keeps every registration of ``name`` from loading."""
     policy = plugin_policy.current()
-    return all(policy.refusal(r.distribution, r.name) for r in registry.records(kind)
-               if r.name == name)
+    return all(
+        policy.refusal(r.distribution, r.name) for r in registry.records(kind) if r.name == name
+    )
 
 
 class DenoiserContract(ComponentContract):
@@ -430,8 +432,9 @@ class GuidanceContract(ComponentContract):
         guidance: Guidance = self.build(component_name, tmp_path)
         sampler = registry.create("sampler", "ddim", steps=5)
         cond = self.condition(component_name, 3)
-        x = sampler.sample(reference_model(), (3, 2, 4, 4), guidance=guidance, cond=cond,
-                           generator=_seeded(0))
+        x = sampler.sample(
+            reference_model(), (3, 2, 4, 4), guidance=guidance, cond=cond, generator=_seeded(0)
+        )
         assert x.shape == (3, 2, 4, 4) and bool(torch.isfinite(x).all())
 
 
@@ -500,7 +503,7 @@ class VarianceContract(ComponentContract):
             assert bool((flat >= lower[:, None] - 1e-5).all()), "below log beta~"
 
 
-def DATA_BATCH() -> torch.Tensor:  # noqa: N802 - reads like a constant at the call site
+def DATA_BATCH() -> torch.Tensor:
     """A batch of the reference data, x_0 ~ N(0, 0.5^2 I) clipped to [-1, 1] as images are."""
     return (0.5 * torch.randn(8, 2, 4, 4, generator=_seeded(3))).clamp(-1, 1)
 

@@ -29,4 +29,3 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             f"distribution {metafunc.cls.distribution!r}"
         )
     metafunc.parametrize("component_name", names)
-

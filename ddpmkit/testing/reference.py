@@ -181,6 +181,4 @@ def toml_key(key: str) -> str:
 
 def dumps_toml(table: dict[str, Any]) -> str:
     """A TOML document of ``key = value`` lines (``None`` values left out: TOML has no null)."""
-    return "".join(
-        f"{toml_key(k)} = {toml_value(v)}\n" for k, v in table.items() if v is not None
-    )
+    return "".join(f"{toml_key(k)} = {toml_value(v)}\n" for k, v in table.items() if v is not None)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from diffusers import DDPMPipeline, DDPMScheduler
@@ -72,7 +72,6 @@ def export_pipeline(
     )
     unet = copy.deepcopy(model.denoiser.unet).to("cpu", torch.float32).eval()
     folder = Path(folder)
-    DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(
-        str(folder), safe_serialization=True
-    )
+    pipeline: Any = DDPMPipeline(unet=unet, scheduler=scheduler)
+    pipeline.save_pretrained(str(folder), safe_serialization=True)
     return folder

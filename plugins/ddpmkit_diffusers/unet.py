@@ -74,7 +74,7 @@ class DiffusersUNet(Denoiser):
                 unet = UNet2DModel.from_pretrained(
                     str(folder), local_files_only=True, use_safetensors=True
                 )
-            except (OSError, ValueError, EnvironmentError) as exc:
+            except (OSError, ValueError) as exc:
                 raise ConfigError(f"path: cannot load a UNet2DModel from {folder}: {exc}") from exc
             for key in ("in_channels", "out_channels"):
                 wanted, found = getattr(p, key), unet.config[key]
@@ -82,9 +82,7 @@ class DiffusersUNet(Denoiser):
                     raise ConfigError(f"{key} = {wanted} but the model in {folder} has {found}")
         else:
             levels = range(len(p.block_out_channels))
-            down = [
-                "AttnDownBlock2D" if i in p.attention_levels else "DownBlock2D" for i in levels
-            ]
+            down = ["AttnDownBlock2D" if i in p.attention_levels else "DownBlock2D" for i in levels]
             up = ["AttnUpBlock2D" if i in p.attention_levels else "UpBlock2D" for i in levels]
             config: dict[str, Any] = dict(
                 sample_size=p.sample_size,

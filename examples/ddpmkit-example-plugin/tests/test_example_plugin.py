@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any, ClassVar
 
 import pytest
 import torch
@@ -19,12 +20,12 @@ from ddpmkit_example.schedule import cosine_logsnr
 
 class TestShiftedCosine(ScheduleContract):
     name = "shifted-cosine"
-    params = {"timesteps": 100, "image_size": 128}
+    params: ClassVar[dict[str, Any]] = {"timesteps": 100, "image_size": 128}
 
 
 class TestMeanIntensity(GuidanceContract):
     name = "mean-intensity"
-    params = {"target": 0.5, "scale": 2.0}
+    params: ClassVar[dict[str, Any]] = {"target": 0.5, "scale": 2.0}
 
 
 def test_unshifted_is_the_clipped_cosine_schedule() -> None:

@@ -31,9 +31,20 @@ def test_components_reference_is_current() -> None:
                     registry.load(kind, rec.name)
                 except PluginError as exc:  # an optional dependency is missing here
                     pytest.skip(f"cannot document every bundled component: {exc}")
-    assert (ROOT / "docs" / "components.md").read_text() == docgen.components_page(), (
-        "docs/components.md is stale: run `python -m ddpmkit.docgen`"
+    pages = docgen.component_pages()
+    folder = ROOT / "docs" / "components"
+    assert {p.name for p in folder.glob("*.md")} == set(pages), (
+        "docs/components/ has stale or missing pages: run `python -m ddpmkit.docgen`"
     )
+    for name, text in pages.items():
+        assert (folder / name).read_text() == text, (
+            f"docs/components/{name} is stale: run `python -m ddpmkit.docgen`"
+        )
+    # one page per bundled component, and the index links each
+    bundled = [(k, n) for k in registry.KIND_GROUPS for n in docgen.bundled_names(k)]
+    assert len(pages) == len(bundled) + 1
+    for kind, name in bundled:
+        assert f"]({docgen.page_name(kind, name)})" in pages["index.md"]
 
 
 def test_every_hook_specification_is_documented() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import sys
+import types
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -484,7 +485,7 @@ class VarianceContract(ComponentContract):
     def test_log_variance(self, component_name: str, tmp_path: Path) -> None:
         variance: ReverseVariance = self.build(component_name, tmp_path)
         model = reference_model(variance=variance)
-        data = [DATA_BATCH() for _ in range(2)]
+        data = [reference_data_batch() for _ in range(2)]
         variance.fit(model, data)
         x = torch.randn(4, 2, 4, 4, generator=_seeded(0))
         t = torch.tensor([1, 5, 12, 19])
@@ -503,7 +504,7 @@ class VarianceContract(ComponentContract):
             assert bool((flat >= lower[:, None] - 1e-5).all()), "below log beta~"
 
 
-def DATA_BATCH() -> torch.Tensor:
+def reference_data_batch() -> torch.Tensor:
     """A batch of the reference data, x_0 ~ N(0, 0.5^2 I) clipped to [-1, 1] as images are."""
     return (0.5 * torch.randn(8, 2, 4, 4, generator=_seeded(3))).clamp(-1, 1)
 
@@ -560,6 +561,13 @@ class HookPluginContract:
             if ep.name == self.name:
                 return ep.load()
         raise LookupError(f"no ddpmkit.plugins entry point named {self.name!r}")
+
+    def test_declares_a_compatible_plugin_api(self) -> None:
+        plugin = self._plugin()
+        module = plugin.__name__ if isinstance(plugin, types.ModuleType) else plugin.__module__
+        declared = plugin_policy.declared_api(module)
+        assert declared is not None, f"{module} lacks DDPMKIT_PLUGIN_API"
+        assert declared.split(".")[0] == plugin_policy.PLUGIN_API_VERSION.split(".")[0]
 
     def test_hooks_match_the_specifications(self) -> None:
         pm = pluggy.PluginManager(hookspecs.PROJECT)

@@ -1,5 +1,6 @@
-"""diffusers interop: UNet2DModel as a denoiser, local model and scheduler folders, and export
-of a ddpmkit-trained model that diffusers' DDPMPipeline loads and samples identically."""
+"""diffusers interop: UNet2DModel as a denoiser, local model and scheduler folders, ddpmkit's
+unet converted to UNet2DModel, and export of a ddpmkit-trained model that diffusers'
+DDPMPipeline loads and samples identically."""
 
 from __future__ import annotations
 
@@ -81,18 +82,70 @@ def test_a_scheduler_folder_is_a_schedule(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    "unet",
+    [
+        dict(time_injection="add", attention_levels=[1], num_heads=2),
+        dict(time_injection="scale-shift", attention_levels=[0, 1], num_heads=1),
+        dict(channel_mults=[1, 2, 2], num_res_blocks=2, attention_levels=[2], out_channels=6),
+    ],
+)
+def test_ddpmkit_unet_converts_to_the_same_unet2dmodel(unet: dict[str, object]) -> None:
+    from ddpmkit_diffusers.convert import to_unet2d
+
+    params = {
+        "in_channels": 3,
+        "base_channels": 8,
+        "channel_mults": [1, 2],
+        "num_res_blocks": 1,
+        "groups": 4,
+        **unet,
+    }
+    torch.manual_seed(0)
+    ours = ddpmkit.create("denoiser", "unet", **params).eval()
+    with torch.no_grad():  # move every weight off its init (the output convs start at zero)
+        for p in ours.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    theirs = to_unet2d(ours, sample_size=8)
+    x, t = x_and_t()
+    with torch.no_grad():
+        expected = ours(x, t)
+        got = theirs(x, t).sample
+    # the same float32 operations in another order (q, k, v split; SDPA paths): 1e-5
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_heads_of_different_sizes_are_refused() -> None:
+    from ddpmkit_diffusers.convert import to_unet2d
+
+    unet = ddpmkit.create(
+        "denoiser",
+        "unet",
+        in_channels=3,
+        base_channels=8,
+        channel_mults=[1, 2],
+        groups=4,
+        attention_levels=[0, 1],
+        num_heads=2,
+    )
+    with pytest.raises(ConfigError, match="heads of different sizes"):
+        to_unet2d(unet, sample_size=8)
+
+
+@pytest.mark.parametrize("denoiser", ["unet", "diffusers-unet"])
 def test_export_of_a_trained_model_samples_the_same_in_ddpmpipeline(
-    write_pipeline: Callable[..., Path], tmp_path: Path
+    denoiser: str, write_pipeline: Callable[..., Path], tmp_path: Path
 ) -> None:
     from ddpmkit.cli import main
     from ddpmkit.pipeline import load_model_from_checkpoint
     from ddpmkit_diffusers import export_pipeline
 
-    path = write_pipeline((UNET_SECTION, DIFFUSERS_DENOISER))
+    replacements = [] if denoiser == "unet" else [(UNET_SECTION, DIFFUSERS_DENOISER)]
+    path = write_pipeline(*replacements)
     assert main(["run", str(path), "--quiet"]) == 0
     checkpoint = sorted((tmp_path / "runs" / "tiny" / "checkpoints").glob("*.safetensors"))[-1]
     model = load_model_from_checkpoint(checkpoint)
-    folder = export_pipeline(model, tmp_path / "exported", clip_sample=True)
+    folder = export_pipeline(model, tmp_path / "exported", clip_sample=True, sample_size=8)
     config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
     assert config["prediction_type"] == "v_prediction"  # the tiny pipeline predicts v
     assert config["variance_type"] == "fixed_large" and config["clip_sample"] is True
@@ -133,8 +186,15 @@ def test_export_refuses_what_diffusers_cannot_express(tmp_path: Path) -> None:
         ddpmkit.create("parameterization", "x0"),
     )
     assert prediction_type(model) == "sample"
-    with pytest.raises(ConfigError, match="only a diffusers-unet denoiser can be exported"):
+    with pytest.raises(ConfigError, match="needs sample_size"):
         export_pipeline(model, tmp_path / "out")
+    mlp = ddpmkit.DiffusionModel(
+        ddpmkit.create("schedule", "cosine", timesteps=10),
+        ddpmkit.create("denoiser", "mlp", hidden=8, layers=1),
+        ddpmkit.create("parameterization", "eps"),
+    )
+    with pytest.raises(ConfigError, match="only the unet and diffusers-unet denoisers"):
+        export_pipeline(mlp, tmp_path / "out")
     analytic = ddpmkit.DiffusionModel(
         ddpmkit.create("schedule", "cosine", timesteps=10),
         ddpmkit.create(

@@ -10,6 +10,7 @@ import torch
 from diffusers import DDPMPipeline, DDPMScheduler
 
 from ddpmkit import ConfigError, DiffusionModel
+from ddpmkit_diffusers.convert import is_ddpmkit_unet, to_unet2d
 from ddpmkit_diffusers.unet import DiffusersUNet
 
 PredictionType = Literal["epsilon", "sample", "v_prediction"]
@@ -49,19 +50,33 @@ def variance_type(model: DiffusionModel) -> str:
 
 
 def export_pipeline(
-    model: DiffusionModel, folder: str | Path, *, clip_sample: bool = False
+    model: DiffusionModel,
+    folder: str | Path,
+    *,
+    clip_sample: bool = False,
+    sample_size: int | None = None,
 ) -> Path:
-    """Write ``model`` (a ``diffusers-unet`` denoiser) and its schedule as a ``DDPMPipeline``.
+    """Write ``model`` and its schedule as a ``DDPMPipeline`` folder.
+
+    The denoiser is ``diffusers-unet`` (exported as it is) or ddpmkit's ``unet``, converted to
+    a ``UNet2DModel`` with the same weights (:func:`~ddpmkit_diffusers.convert.to_unet2d`;
+    ``sample_size``, the image size, is then required).
 
     The scheduler carries the schedule's betas exactly (``trained_betas``), the
     parameterization as ``prediction_type`` and the reverse variance as ``variance_type``;
     ``clip_sample`` clips the predicted x_0 to [-1, 1] at every step, as a ddpmkit sampler
     with ``clip_x0 = true`` does (off by default, as in ddpmkit; diffusers' default is on).
     """
-    if not isinstance(model.denoiser, DiffusersUNet):
+    if isinstance(model.denoiser, DiffusersUNet):
+        unet = copy.deepcopy(model.denoiser.unet)
+    elif is_ddpmkit_unet(model.denoiser):
+        if sample_size is None:
+            raise ConfigError("export of a unet denoiser needs sample_size (the image size)")
+        unet = to_unet2d(model.denoiser, sample_size)
+    else:
         raise ConfigError(
-            f"only a diffusers-unet denoiser can be exported to diffusers, not "
-            f"{type(model.denoiser).__name__} (its architecture differs from UNet2DModel's)"
+            f"only the unet and diffusers-unet denoisers can be exported to diffusers, not "
+            f"{type(model.denoiser).__name__}"
         )
     scheduler = DDPMScheduler(
         num_train_timesteps=model.T,
@@ -70,7 +85,7 @@ def export_pipeline(
         variance_type=variance_type(model),
         clip_sample=clip_sample,
     )
-    unet = copy.deepcopy(model.denoiser.unet).to("cpu", torch.float32).eval()
+    unet = unet.to("cpu", torch.float32).eval()
     folder = Path(folder)
     pipeline: Any = DDPMPipeline(unet=unet, scheduler=scheduler)
     pipeline.save_pretrained(str(folder), safe_serialization=True)

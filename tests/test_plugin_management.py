@@ -203,3 +203,43 @@ def test_plugins_command_groups_by_distribution_with_status(
     assert data["ddpmkit_good"]["components"] == [
         {"kind": "schedule", "name": "constant", "status": "ok", "reason": ""}
     ]
+
+
+def test_sample_guidance_section_wraps_the_samplers_predictions(
+    site: Path, write_pipeline: Callable[..., Path]
+) -> None:
+    """`[sample.guidance]` names a registered guidance; the sampler asks it for every
+    prediction (a guidance adding 0.5 to x0 moves the samples up), and config.json records it."""
+    from pydantic import Field
+
+    from ddpmkit.config import load_config
+    from ddpmkit.pipeline import Pipeline
+
+    @ddpmkit.register("guidance", "shift-x0")
+    class ShiftX0(ddpmkit.Guidance):
+        class Params(ddpmkit.Params):
+            shift: float = Field(0.0, description="Added to the predicted x0.")
+
+        def guide(self, model, predict, x_t, t, cond):  # type: ignore[no-untyped-def]
+            inner = predict(x_t, t, cond)
+            alpha, sigma = model.alpha_sigma(t, x_t.ndim)
+            x0 = inner.x0 + self.params.shift
+            eps = ddpmkit.eps_from_x0(x_t, x0, alpha, sigma)
+            return ddpmkit.Prediction(eps=eps, x0=x0, output=inner.output)
+
+    try:
+        plain = Pipeline.build(load_config(write_pipeline()))
+        path = write_pipeline(
+            ("[output]", '[sample.guidance]\ntype = "shift-x0"\nshift = 0.5\n\n[output]'),
+            name="guided.toml",
+        )
+        guided = Pipeline.build(load_config(path))
+        assert guided.guidance is not None and plain.guidance is None
+        model = plain.model  # the same untrained weights (same seed) for both
+        a = plain.draw_samples(model, 4, seed=0, progress=False)
+        b = guided.draw_samples(model, 4, seed=0, progress=False)
+        assert float((b - a).mean()) > 0.1
+        resolved = guided.resolved_config()["sample"]["guidance"]
+        assert resolved == {"type": "shift-x0", "shift": 0.5}
+    finally:
+        registry.unregister("guidance", "shift-x0")

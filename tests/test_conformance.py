@@ -15,11 +15,14 @@ from PIL import Image
 import ddpmkit_jsonl
 from ddpmkit import RunInfo, registry
 from ddpmkit.errors import PluginError
+from ddpmkit.model import DiffusionModel
 from ddpmkit.testing import (
     DatasetContract,
     DenoiserContract,
     HookPluginContract,
+    ObjectiveContract,
     ParameterizationContract,
+    ReferenceSchedule,
     SamplerContract,
     ScheduleContract,
     VarianceContract,
@@ -78,13 +81,48 @@ class TestBundledParameterizations(ParameterizationContract):
     distribution = BUNDLED
 
 
+def ddgan_model(parameterization: str, shape: tuple[int, ...]) -> DiffusionModel:
+    """A small DDGAN generator (its sampler and objective need one) on the kit's schedule,
+    from a fixed seed, with its zero-initialised output layer moved off zero."""
+    backbone = (
+        {
+            "type": "unet",
+            "base_channels": 8,
+            "channel_mults": [1],
+            "num_res_blocks": 1,
+            "groups": 4,
+            "attention_levels": [],
+        }
+        if len(shape) == 4
+        else {"type": "mlp", "hidden": 16, "layers": 2, "time_dim": 8}
+    )
+    torch.manual_seed(0)
+    generator = registry.create(
+        "denoiser", "ddgan-generator", in_channels=shape[1], z_dim=4, backbone=backbone
+    )
+    with torch.no_grad():
+        for p in generator.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+    return DiffusionModel(
+        ReferenceSchedule(), generator, registry.create("parameterization", parameterization)
+    )
+
+
 class TestBundledSamplers(SamplerContract):
     distribution = BUNDLED
     params_by_name: ClassVar[dict[str, dict[str, Any]]] = {
         "ddpm": {},  # every one of the reference model's 20 steps
         "ddim": {"steps": 6},
         "dpm-solver++": {"steps": 6},
+        "ddgan": {},
     }
+
+    def model_for(
+        self, name: str, parameterization: str = "eps", shape: tuple[int, ...] = (1, 2)
+    ) -> DiffusionModel:
+        if name == "ddgan":  # its chain needs the generator that takes z
+            return ddgan_model(parameterization, shape)
+        return super().model_for(name, parameterization, shape)
 
 
 class TestBundledDenoisers(DenoiserContract):
@@ -138,6 +176,18 @@ class TestBundledDatasets(DatasetContract):
                     Image.new("RGB", (10, 12), color).save(folder / label / f"{i}.png")
             return {"path": str(folder), "image_size": 8}
         return super().params_for(name, tmp_path)
+
+
+class TestBundledObjectives(ObjectiveContract):
+    distribution = BUNDLED
+    params_by_name: ClassVar[dict[str, dict[str, Any]]] = {
+        "ddgan": {"width": 8, "levels": 1, "r1_every": 1},
+    }
+
+    def model_for(self, name: str) -> DiffusionModel:
+        if name == "ddgan":  # it trains a generator that takes z
+            return ddgan_model("x0", (1, *self.data_shape))
+        return super().model_for(name)
 
 
 class TestBundledVariances(VarianceContract):

@@ -9,6 +9,7 @@ import re
 from typing import Any
 
 import torch
+from torch import nn
 
 from ddpmkit import registry
 from ddpmkit.interfaces import (
@@ -42,7 +43,8 @@ class GaussianDenoiser(Denoiser):
     E[x_0 | x_t] = a s^2 / (a^2 s^2 + sigma^2) x_t and E[eps | x_t] = sigma / (a^2 s^2 +
     sigma^2) x_t (Gaussian conditioning). It outputs the bound parameterization's target of
     these, so every parameterization yields the same eps and x0; ``extra_channels`` zero
-    channels follow (the second half a learned variance reads)."""
+    channels follow (the second half a learned variance reads). Its one parameter, ``gain``
+    (1: exact), scales the output so that training objectives have something to train."""
 
     def __init__(self, channels: int, extra_channels: int = 0) -> None:
         super().__init__()
@@ -50,6 +52,8 @@ class GaussianDenoiser(Denoiser):
         self.extra_channels = extra_channels
         self.parameterization: Parameterization | None = None
         self.register_buffer("abar", torch.empty(0), persistent=False)
+        # one trainable factor on the output, 1 (exact) until an objective trains it
+        self.gain = nn.Parameter(torch.ones(()))
         self.calls = 0
 
     def bind(self, schedule: NoiseSchedule, parameterization: Parameterization) -> None:
@@ -78,7 +82,7 @@ class GaussianDenoiser(Denoiser):
         total = a**2 * DATA_STD**2 + sigma**2
         x0 = a * DATA_STD**2 / total * x_t
         eps = sigma / total * x_t
-        out = self.parameterization.target(x0, eps, a, sigma).to(x_t.dtype)
+        out = (self.gain * self.parameterization.target(x0, eps, a, sigma)).to(x_t.dtype)
         if self.extra_channels:
             extra = torch.zeros_like(out[:, :1]).expand(-1, self.extra_channels, *out.shape[2:])
             out = torch.cat([out, extra], dim=1)

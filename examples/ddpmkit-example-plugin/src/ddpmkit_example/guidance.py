@@ -39,10 +39,11 @@ class MeanIntensityGuidance(ddpmkit.Guidance):
         cond: ddpmkit.Conditioning | None,
     ) -> ddpmkit.Prediction:
         """The prediction with eps moved down the gradient of the intensity loss."""
-        # samplers may run under inference_mode or no_grad: the gradient needs neither
+        # samplers may run under inference_mode or no_grad: the gradient needs neither, and
+        # tensors made under inference_mode (x_t, t) are cloned into ordinary ones
         with torch.inference_mode(False), torch.enable_grad():
             x = x_t.detach().clone().requires_grad_(True)
-            inner = predict(x, t, cond)
+            inner = predict(x, t.clone(), cond)
             mean = inner.x0.flatten(1).mean(dim=1)
             loss = ((mean - self.params.target) ** 2).sum()  # samples are independent
             (grad,) = torch.autograd.grad(loss, x)

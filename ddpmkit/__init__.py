@@ -40,12 +40,11 @@ from ddpmkit.model import (
     randn_like,
     x0_from_eps,
 )
+from ddpmkit.plugin_policy import PLUGIN_API_VERSION
 from ddpmkit.registry import create, register
 from ddpmkit.runinfo import RunInfo
 
 __version__ = "0.1.0"
-PLUGIN_API_VERSION = "1.0"
-"""The version of the plugin-facing API (interfaces, hooks) that plugins are written against."""
 
 __all__ = [
     "PLUGIN_API_VERSION",

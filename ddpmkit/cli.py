@@ -157,24 +157,20 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    """List every registered component with its distribution and load status."""
-    from ddpmkit.hooks import hook_plugin_statuses
+    """List each plugin distribution, its version, its components by kind and their status."""
+    from ddpmkit.plugin_report import format_report, plugin_report, report_as_data
 
-    rows = []
-    for kind in registry.KIND_GROUPS:
-        for rec in registry.records(kind):
-            try:
-                registry.load(kind, rec.name)
-                status = "ok"
-            except DdpmkitError as exc:
-                status = f"failed: {exc}"
-            rows.append((kind, rec.name, f"{rec.distribution} {rec.version}", status))
-    for hook in hook_plugin_statuses():
-        status = f"failed: {hook.error}" if hook.error else "ok"
-        rows.append(("hooks", hook.name, f"{hook.distribution} {hook.version}", status))
-    widths = [max(len(r[i]) for r in rows) for i in range(3)] if rows else [0, 0, 0]
-    for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths, strict=True)), row[3])
+    reports = plugin_report()
+    print(json.dumps(report_as_data(reports), indent=2) if args.json else format_report(reports))
+    return 0
+
+
+def cmd_new_plugin(args: argparse.Namespace) -> int:
+    """Write a working plugin package (a schedule, a test written with the kit) to a folder."""
+    from ddpmkit.scaffold import write_plugin
+
+    folder = write_plugin(args.name, Path(args.directory))
+    print(f"wrote {folder}; next: pip install -e {folder} && pytest {folder}")
     return 0
 
 
@@ -248,7 +244,17 @@ def build_parser() -> argparse.ArgumentParser:
     validate.set_defaults(func=cmd_validate)
 
     plugins = sub.add_parser("plugins", help="list components, distributions and status")
+    plugins.add_argument("--json", action="store_true", help="print the listing as JSON")
     plugins.set_defaults(func=cmd_plugins)
+
+    new_plugin = sub.add_parser(
+        "new-plugin", help="write a working plugin package ddpmkit-NAME with a passing test"
+    )
+    new_plugin.add_argument("name", help="plugin name: lowercase letters, digits and dashes")
+    new_plugin.add_argument(
+        "--directory", default=".", help="parent folder of the package (default: here)"
+    )
+    new_plugin.set_defaults(func=cmd_new_plugin)
 
     schema = sub.add_parser("schema", help="print the JSON Schema of pipeline.toml")
     schema.set_defaults(func=cmd_schema)

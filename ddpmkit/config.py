@@ -111,6 +111,9 @@ class SampleConfig(Section):
     seed: int | None = Field(None, description="Sampling seed (default: the pipeline seed).")
     grid_columns: int | None = Field(None, ge=1, description="Columns of the grid image.")
     grid_scale: int = Field(4, ge=1, description="Integer upscaling of the grid PNG.")
+    guidance: ComponentConfig | None = Field(
+        None, description="A guidance component wrapping the model's predictions (absent: none)."
+    )
 
 
 class EvalConfig(Section):
@@ -139,6 +142,23 @@ class OutputConfig(Section):
     )
 
 
+class PluginsConfig(Section):
+    """``[plugins]``: which plugins this pipeline may load, decided before any is imported.
+
+    Each entry is a distribution name (``ddpmkit-example-plugin``) or one entry point of it
+    (``ddpmkit:jsonl``); these add to ``DDPMKIT_BLOCK_PLUGINS`` / ``DDPMKIT_ALLOW_PLUGINS``.
+    """
+
+    block: list[str] = Field(default_factory=list, description="Plugins never to load.")
+    allow: list[str] | None = Field(
+        None,
+        description=(
+            "Load only these third-party plugins (ddpmkit's own still load); absent: all, "
+            "unless DDPMKIT_DISABLE_PLUGIN_AUTOLOAD is set."
+        ),
+    )
+
+
 class PipelineConfig(Section):
     """The whole ``pipeline.toml``."""
 
@@ -159,6 +179,9 @@ class PipelineConfig(Section):
     sample: SampleConfig | None = Field(None, description="Sampling stage (absent: skipped).")
     eval: EvalConfig | None = Field(None, description="Evaluation stage (absent: skipped).")
     output: OutputConfig = Field(default_factory=lambda: OutputConfig(), description="Run folder.")
+    plugins: PluginsConfig = Field(
+        default_factory=lambda: PluginsConfig(), description="Plugins to block or allow."
+    )
 
     @field_validator("device")
     @classmethod
@@ -182,6 +205,8 @@ class PipelineConfig(Section):
             yield "train.objective", "objective", self.train.objective
         if self.sample is not None:
             yield "sample.sampler", "sampler", self.sample.sampler
+            if self.sample.guidance is not None:
+                yield "sample.guidance", "guidance", self.sample.guidance
         if self.eval is not None and self.eval.data is not None:
             yield "eval.data", "dataset", self.eval.data
 

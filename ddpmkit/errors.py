@@ -17,3 +17,7 @@ class PluginError(DdpmkitError, LookupError):
 
 class DataError(DdpmkitError, ValueError):
     """A data set cannot be read; the message names the file or folder."""
+
+
+class IncompatiblePluginError(PluginError):
+    """A plugin declares a plugin API whose major version this ddpmkit does not provide."""

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata as md
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import attrs
 import pluggy
 
-from ddpmkit import hookspecs
+from ddpmkit import hookspecs, plugin_policy
+from ddpmkit.errors import IncompatiblePluginError
 
 HOOK_GROUP = "ddpmkit.plugins"
 
@@ -21,32 +24,68 @@ class HookPluginStatus:
     distribution: str
     version: str
     error: str = ""
+    blocked: str = ""
+    """Why the plugin policy kept it from loading ("" when it was not blocked)."""
+    incompatible: bool = False
+    """Whether ``error`` is a plugin API mismatch."""
 
 
 def plugin_manager() -> pluggy.PluginManager:
-    """The process-wide plugin manager with every working hook plugin registered."""
-    return _setup()[0]
+    """The process-wide plugin manager with every working, allowed hook plugin registered."""
+    return _setup(plugin_policy.current(), plugin_policy.tracing())[0]
 
 
 def hook_plugin_statuses() -> list[HookPluginStatus]:
     """Every ``ddpmkit.plugins`` entry point and whether it loaded and registered."""
-    return list(_setup()[1])
+    return list(_setup(plugin_policy.current(), plugin_policy.tracing())[1])
 
 
 @functools.cache
-def _setup() -> tuple[pluggy.PluginManager, tuple[HookPluginStatus, ...]]:
-    """Import and register each hook plugin; one that fails is recorded, never fatal."""
+def _setup(
+    policy: plugin_policy.PluginPolicy, trace: bool
+) -> tuple[pluggy.PluginManager, tuple[HookPluginStatus, ...]]:
+    """Import and register each allowed hook plugin; one that fails is recorded, never fatal."""
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
     statuses = []
+    seen = set()
     for ep in md.entry_points(group=HOOK_GROUP):
         dist = ep.dist.name if ep.dist is not None else "<unknown>"
         version = ep.dist.version if ep.dist is not None else "?"
+        if (dist, ep.name) in seen:  # one distribution visible twice on sys.path
+            continue
+        seen.add((dist, ep.name))
+        refusal = policy.refusal(dist, ep.name)
+        if refusal:
+            statuses.append(HookPluginStatus(ep.name, dist, version, blocked=refusal))
+            continue
         try:
+            plugin_policy.check_api(ep.module, dist, version, f"hook plugin {ep.name!r}")
             pm.register(ep.load(), name=f"{dist}:{ep.name}")
-        except Exception as exc:  # import error, or hooks that do not match the specs
+        except Exception as exc:  # import error, API mismatch, hooks that do not match specs
             error = f"{type(exc).__name__}: {exc}"
-            statuses.append(HookPluginStatus(ep.name, dist, version, error))
+            incompatible = isinstance(exc, IncompatiblePluginError)
+            statuses.append(HookPluginStatus(ep.name, dist, version, error, "", incompatible))
             continue
         statuses.append(HookPluginStatus(ep.name, dist, version))
+    if trace:
+        log = plugin_policy.trace_logger()
+
+        def before(name: str, impls: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
+            shown = ", ".join(f"{k}={_short(v)}" for k, v in kwargs.items() if k != "run")
+            plugins = ", ".join(pm.get_name(impl.plugin) or "?" for impl in impls) or "none"
+            log.info("hook %s(%s) -> %s", name, shown, plugins)
+
+        def after(outcome: Any, name: str, impls: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
+            exc = outcome.exception
+            if exc is not None:
+                log.info("hook %s raised %s: %s", name, type(exc).__name__, exc)
+
+        pm.add_hookcall_monitoring(before, after)
     return pm, tuple(statuses)
+
+
+def _short(value: Any) -> str:
+    """A hook argument for the trace: at most 80 characters."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."

@@ -13,7 +13,7 @@ import attrs
 import torch
 from tqdm.auto import tqdm
 
-from ddpmkit import registry
+from ddpmkit import plugin_policy, registry
 from ddpmkit.checkpoint import load_checkpoint
 from ddpmkit.config import ComponentConfig, PipelineConfig, config_to_dict
 from ddpmkit.errors import ConfigError, DdpmkitError
@@ -22,6 +22,7 @@ from ddpmkit.hooks import plugin_manager
 from ddpmkit.images import save_grid, save_scatter
 from ddpmkit.interfaces import (
     Dataset,
+    Guidance,
     LearnableSchedule,
     LossWeighting,
     Sampler,
@@ -73,6 +74,7 @@ class Pipeline:
     def build(cls, config: PipelineConfig) -> Pipeline:
         """Build and cross-check every component (no training, no files written)."""
         device = resolve_device(config.device)
+        plugin_policy.configure(config.plugins.block, config.plugins.allow)
         for where, kind, section in config.component_sections():
             try:
                 registry.record(kind, section.type)
@@ -107,6 +109,11 @@ class Pipeline:
     def sampler(self) -> Sampler | None:
         """The ``[sample]`` sampler, if any."""
         return self.built.get("sample.sampler")
+
+    @property
+    def guidance(self) -> Guidance | None:
+        """The ``[sample.guidance]`` guidance, if any."""
+        return self.built.get("sample.guidance")
 
     @property
     def weighting(self) -> LossWeighting | None:
@@ -299,7 +306,11 @@ class Pipeline:
             n = min(cfg.batch_size, count - index * cfg.batch_size)
             bar = _StepBar(f"sample {index + 1}/{batches}", progress)
             shape = (n, *self.sample_shape)
-            chunks.append(self.sampler.sample(model, shape, generator=generator, callback=bar))
+            chunks.append(
+                self.sampler.sample(
+                    model, shape, generator=generator, callback=bar, guidance=self.guidance
+                )
+            )
             bar.close()
         return torch.cat([c.cpu() for c in chunks])
 

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import attrs
 import pydantic
 
+from ddpmkit import plugin_policy
 from ddpmkit.errors import ConfigError, PluginError
 
 KIND_GROUPS: Mapping[str, str] = {
@@ -98,12 +99,20 @@ def record(kind: str, name: str) -> ComponentRecord:
         hint = f"; did you mean {close[0]!r}?" if close else ""
         listing = ", ".join(available) or "none installed"
         raise PluginError(f"no {kind} named {name!r} (available: {listing}){hint}")
-    candidates = found[name]
+    policy = plugin_policy.current()
+    candidates = [r for r in found[name] if not policy.refusal(r.distribution, r.name)]
+    if not candidates:
+        refused = found[name][0]
+        raise PluginError(
+            f"{kind} {name!r} from distribution {refused.distribution} is "
+            f"{policy.refusal(refused.distribution, refused.name)}"
+        )
     if len(candidates) > 1:
         owners = " and ".join(f"{r.distribution} ({r.value})" for r in candidates)
         raise PluginError(
             f"{kind} {name!r} is registered by more than one distribution: {owners}; "
-            "uninstall one of them"
+            f"uninstall one of them, or block one with {plugin_policy.ENV_BLOCK}=DIST:{name} "
+            f'or [plugins] block = ["DIST:{name}"] in pipeline.toml'
         )
     return candidates[0]
 
@@ -116,13 +125,22 @@ def load(kind: str, name: str) -> Any:
     key = (kind, name)
     if key not in _cache:
         assert rec.entry_point is not None  # every non-local record has one
+        what = f"{kind} {name!r}"
         try:
-            _cache[key] = rec.entry_point.load()
+            ep = rec.entry_point
+            plugin_policy.check_api(ep.module, rec.distribution, rec.version, what)
+            _cache[key] = ep.load()
+        except PluginError:
+            raise
         except Exception as exc:  # a broken plugin must not take the others down
             raise PluginError(
                 f"{kind} {name!r} from distribution {rec.distribution} {rec.version} failed to "
                 f"load ({rec.value}): {type(exc).__name__}: {exc}"
             ) from exc
+        if plugin_policy.tracing():
+            plugin_policy.trace_logger().info(
+                "loaded %s from %s %s (%s)", what, rec.distribution, rec.version, rec.value
+            )
     return _cache[key]
 
 

@@ -99,9 +99,10 @@ def test_plugins_lists_kinds_names_distributions(capsys: pytest.CaptureFixture[s
     code, out, _ = run_cli(["plugins"], capsys)
     assert code == 0
     lines = out.splitlines()
+    assert lines[0].startswith("ddpmkit 0.1.0")  # the distribution heads its components
     for kind, name in [("schedule", "cosine"), ("denoiser", "unet"), ("sampler", "ddim")]:
-        assert any(line.split()[:3] == [kind, name, "ddpmkit"] and "ok" in line for line in lines)
-    assert any(line.startswith("hooks") and "jsonl" in line for line in lines)
+        assert any(line.split() == [kind, name, "ok"] for line in lines)
+    assert any(line.split() == ["hooks", "jsonl", "ok"] for line in lines)
 
 
 def test_schema_is_json_schema(capsys: pytest.CaptureFixture[str]) -> None:

@@ -5,4 +5,7 @@ from __future__ import annotations
 from ddpmkit_datasets.image_folder import ImageFolderDataset, ImageFolderParams
 from ddpmkit_datasets.shapes import ShapesDataset, ShapesParams
 
+DDPMKIT_PLUGIN_API = "1.0"
+"""The ddpmkit plugin API this plugin is written for."""
+
 __all__ = ["ImageFolderDataset", "ImageFolderParams", "ShapesDataset", "ShapesParams"]

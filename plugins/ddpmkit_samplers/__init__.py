@@ -6,6 +6,9 @@ from ddpmkit_samplers.ddim import DDIMSampler
 from ddpmkit_samplers.ddpm import DDPMSampler
 from ddpmkit_samplers.dpm_solver import DPMSolverPlusPlusSampler
 
+DDPMKIT_PLUGIN_API = "1.0"
+"""The ddpmkit plugin API this plugin is written for."""
+
 __all__ = [
     "ChainSampler",
     "ChainSamplerParams",

@@ -14,6 +14,9 @@ from ddpmkit_toy.mixture import GaussianMixture, MixtureParams
 from ddpmkit_toy.mlp import MLPDenoiser
 from ddpmkit_toy.oracle import GMMOracle
 
+DDPMKIT_PLUGIN_API = "1.0"
+"""The ddpmkit plugin API this plugin is written for."""
+
 __all__ = [
     "CheckerboardDataset",
     "GMMDataset",

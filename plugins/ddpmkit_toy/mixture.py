@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Annotated
+from typing import Annotated, Any
 
 import torch
 from pydantic import Field, model_validator
@@ -130,6 +130,16 @@ class GaussianMixture(nn.Module):
             ("eigvecs", eigvecs),
         ]:
             self.register_buffer(name, value, persistent=False)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> GaussianMixture:
+        """Follow ``.to(device)`` but stay float64 under ``.to(dtype)`` (the maths needs it)."""
+        before = {name: value for name, value in self._buffers.items() if value is not None}
+        super()._apply(fn, recurse)
+        for name, value in before.items():
+            moved = self._buffers[name]
+            if moved is not None and moved.dtype != value.dtype:  # undo a cast, not a move
+                self._buffers[name] = value.to(moved.device)
+        return self
 
     @classmethod
     def from_params(cls, params: MixtureParams) -> GaussianMixture:

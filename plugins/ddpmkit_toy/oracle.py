@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from ddpmkit import Conditioning, Denoiser, NoiseSchedule, Parameterization
@@ -30,6 +32,15 @@ class GMMOracle(Denoiser):
         self.mixture = GaussianMixture.from_params(self.params)
         self.parameterization: Parameterization | None = None
         self.register_buffer("alphas_cumprod", torch.empty(0, dtype=torch.float64), False)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> GMMOracle:
+        """Follow ``.to(device)``; abar stays float64 under ``.to(dtype)``, as the maths runs in
+        float64 whatever the input's dtype."""
+        abar = self.alphas_cumprod
+        super()._apply(fn, recurse)
+        if self.alphas_cumprod.dtype != abar.dtype:  # undo a cast, keep a move
+            self.alphas_cumprod = abar.to(self.alphas_cumprod.device)
+        return self
 
     def bind(self, schedule: NoiseSchedule, parameterization: Parameterization) -> None:
         """Record abar_t of ``schedule`` (float64) and what the model reads the output as."""

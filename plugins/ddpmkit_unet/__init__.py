@@ -13,6 +13,9 @@ from ddpmkit_unet.blocks import (
 from ddpmkit_unet.embeddings import FourierEmbedding, SinusoidalEmbedding, TimeEmbedding
 from ddpmkit_unet.unet import UNet, UNetParams
 
+DDPMKIT_PLUGIN_API = "1.0"
+"""The ddpmkit plugin API this plugin is written for."""
+
 __all__ = [
     "AttentionBlock",
     "CrossAttention2d",

@@ -4,6 +4,9 @@ from ddpmkit_variances.analytic import AnalyticVariance
 from ddpmkit_variances.fixed import FixedLargeVariance, FixedSmallVariance
 from ddpmkit_variances.learned import LearnedRangeVariance
 
+DDPMKIT_PLUGIN_API = "1.0"
+"""The ddpmkit plugin API this plugin is written for."""
+
 __all__ = [
     "AnalyticVariance",
     "FixedLargeVariance",

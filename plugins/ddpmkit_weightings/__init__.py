@@ -7,6 +7,9 @@ from ddpmkit_weightings.p2 import P2Weighting
 from ddpmkit_weightings.simple import SimpleWeighting
 from ddpmkit_weightings.vlb import VLBWeighting
 
+DDPMKIT_PLUGIN_API = "1.0"
+"""The ddpmkit plugin API this plugin is written for."""
+
 __all__ = [
     "ImportanceWeighting",
     "MinSNRWeighting",

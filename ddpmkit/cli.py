@@ -67,7 +67,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if not found:
             raise DdpmkitError(f"no checkpoint in {directory / 'checkpoints'}")
         checkpoint = found[-1][1]
-    model = load_weights(pipeline.model, checkpoint, use_ema=not args.no_ema)
+    model = load_weights(
+        pipeline.model, checkpoint, use_ema=not args.no_ema, config=pipeline.resolved_config()
+    )
     pipeline.fit_variance(model)
     pipeline.evaluate(model, directory, progress=not args.quiet)
     print(f"eval written to {directory / 'eval.json'}")
@@ -135,7 +137,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
                 f"plot trajectory: needs a [sample] section and a checkpoint in "
                 f"{directory / 'checkpoints'}"
             )
-        model = load_weights(model, checkpoints[-1])
+        model = load_weights(model, checkpoints[-1], config=pipeline.resolved_config())
         pipeline.fit_variance(model)
         at = _indices(args.steps, 6, 10**9) if args.steps else None
         recorder = figures.TrajectoryRecorder(at)

@@ -108,7 +108,9 @@ class SampleConfig(Section):
     num_samples: int = Field(64, ge=1, description="How many samples to draw.")
     batch_size: int = Field(64, ge=1, description="Samples drawn per sampler call.")
     use_ema: bool = Field(True, description="Sample from the EMA weights.")
-    seed: int | None = Field(None, description="Sampling seed (default: the pipeline seed).")
+    seed: int | None = Field(
+        None, ge=0, lt=2**32, description="Sampling seed (default: the pipeline seed)."
+    )
     grid_columns: int | None = Field(None, ge=1, description="Columns of the grid image.")
     grid_scale: int = Field(4, ge=1, description="Integer upscaling of the grid PNG.")
     guidance: ComponentConfig | None = Field(
@@ -130,7 +132,9 @@ class EvalConfig(Section):
     )
     swd_samples: int = Field(1000, ge=2, description="Samples (and data examples) for the SWD.")
     swd_projections: int = Field(256, ge=1, description="Random directions of the SWD.")
-    seed: int | None = Field(None, description="Evaluation seed (default: the pipeline seed).")
+    seed: int | None = Field(
+        None, ge=0, lt=2**32, description="Evaluation seed (default: the pipeline seed)."
+    )
 
 
 class OutputConfig(Section):
@@ -140,6 +144,14 @@ class OutputConfig(Section):
     name: str | None = Field(
         None, description="Run folder name (default: the pipeline file's stem)."
     )
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, v: str | None) -> str | None:
+        # a folder name, never a path: the run folder stays inside output.dir
+        if v is not None and (v in {"", ".", ".."} or any(c in v for c in "/\\\0")):
+            raise ValueError("output.name must be a plain folder name (no '/', '\\', '..')")
+        return v
 
 
 class PluginsConfig(Section):
@@ -162,7 +174,9 @@ class PluginsConfig(Section):
 class PipelineConfig(Section):
     """The whole ``pipeline.toml``."""
 
-    seed: int = Field(0, description="Seed of model initialisation, data order and noise.")
+    seed: int = Field(
+        0, ge=0, lt=2**32, description="Seed of model initialisation, data order and noise."
+    )
     device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:N.")
     data: ComponentConfig = Field(description="The data set component.")
     schedule: ComponentConfig = Field(

@@ -18,7 +18,8 @@ from ddpmkit.checkpoint import load_checkpoint
 from ddpmkit.config import ComponentConfig, PipelineConfig, config_to_dict
 from ddpmkit.errors import ConfigError, DdpmkitError
 from ddpmkit.evaluate import data_batches, nll_bits_per_dim, swd_to_data, write_eval
-from ddpmkit.hooks import plugin_manager
+from ddpmkit.fingerprint import check_checkpoint_fits, config_hash
+from ddpmkit.hooks import GuardedHooks
 from ddpmkit.images import save_grid, save_scatter
 from ddpmkit.interfaces import (
     Dataset,
@@ -58,7 +59,16 @@ def _build(kind: str, where: str, section: ComponentConfig, **fill: Any) -> Any:
         validated = registry.validate_params(kind, section.type, params, where=where)
     except registry.PluginError as exc:
         raise ConfigError(f"{where}.type: {exc}") from exc
-    return cls(validated)
+    try:
+        return cls(validated)
+    except DdpmkitError:
+        raise  # the component's own message (a DataError names the file, say)
+    except Exception as exc:  # a plugin bug: name the plugin and where it comes from
+        rec = registry.record(kind, section.type)
+        raise registry.PluginError(
+            f"{where}: {kind} {section.type!r} from distribution {rec.distribution} "
+            f"{rec.version} failed to build ({rec.value}): {type(exc).__name__}: {exc}"
+        ) from exc
 
 
 @attrs.define
@@ -238,7 +248,7 @@ class Pipeline:
         info = RunInfo(directory=directory, config=resolved, seed=self.config.seed)
         if resume is None:
             write_run_files(directory, resolved)
-        hook = plugin_manager().hook
+        hook = GuardedHooks()
         hook.ddpmkit_run_start(run=info)
         status = "failed"
         try:
@@ -250,7 +260,7 @@ class Pipeline:
                     self.config.train,
                     seed=self.config.seed,
                     checkpoint_dir=directory / "checkpoints",
-                    checkpoint_metadata={"config": resolved},
+                    checkpoint_metadata={"config": resolved, "config_hash": config_hash(resolved)},
                     on_metrics=lambda step, m: hook.ddpmkit_train_metrics(
                         run=info, step=step, metrics=m
                     ),
@@ -436,13 +446,23 @@ def plugin_versions() -> dict[str, str]:
     return dict(sorted(found.items()))
 
 
-def load_weights(model: DiffusionModel, path: Path, *, use_ema: bool = True) -> DiffusionModel:
+def load_weights(
+    model: DiffusionModel,
+    path: Path,
+    *,
+    use_ema: bool = True,
+    config: dict[str, Any] | None = None,
+) -> DiffusionModel:
     """Load a checkpoint's EMA (or raw) weights into ``model``; returns it in eval mode.
 
-    The reverse variance is not trained (a learned one lives in the denoiser's output), so its
-    state is not required to match: one network can be evaluated under several variances.
+    With ``config`` (the pipeline's resolved config) a checkpoint of a different model is
+    refused with the keys that differ. The reverse variance is not trained (a learned one lives
+    in the denoiser's output), so its state is not required to match: one network can be
+    evaluated under several variances.
     """
-    tensors, _ = load_checkpoint(path)
+    tensors, meta = load_checkpoint(path)
+    if config is not None:
+        check_checkpoint_fits(path, meta, config)
     prefix = "ema." if use_ema else "model."
     weights = {
         k[len(prefix) :]: v
@@ -466,5 +486,7 @@ def load_model_from_checkpoint(path: Path, *, use_ema: bool = True) -> Diffusion
     from ddpmkit.config import validate_config
 
     _, meta = load_checkpoint(path)
+    if not isinstance(meta.get("config"), dict):
+        raise DdpmkitError(f"{path}: the checkpoint does not record the config it was trained with")
     pipeline = Pipeline.build(validate_config(meta["config"], str(path)))
-    return load_weights(pipeline.model, path, use_ema=use_ema)
+    return load_weights(pipeline.model, path, use_ema=use_ema, config=pipeline.resolved_config())

@@ -50,7 +50,10 @@ def resolve_device(name: str) -> torch.device:
 
 def _build(kind: str, where: str, section: ComponentConfig, **fill: Any) -> Any:
     """Build a component from its section; ``fill`` supplies params the file left out."""
-    cls = registry.load(kind, section.type)
+    try:
+        cls = registry.load(kind, section.type)
+    except registry.PluginError as exc:  # the plugin failed to import: name the key too
+        raise ConfigError(f"{where}.type: {exc}") from exc
     params = dict(section.params)
     for key, value in fill.items():
         if key in cls.Params.model_fields and key not in params:

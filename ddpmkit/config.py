@@ -20,9 +20,9 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 
 class Section(BaseModel):
-    """A fixed section of the pipeline file: unknown keys are errors."""
+    """A fixed section of the pipeline file: unknown keys and non-finite numbers are errors."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class ComponentConfig(BaseModel):

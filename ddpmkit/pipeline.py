@@ -175,6 +175,12 @@ class Pipeline:
                 self.sampler.check(self.model)
             except ConfigError as exc:
                 raise ConfigError(f"sample.sampler: {exc}") from exc
+        guidance = self.built.get("sample.guidance")
+        if guidance is not None:
+            try:
+                guidance.check(self.model)
+            except ConfigError as exc:
+                raise ConfigError(f"sample.guidance: {exc}") from exc
         eval_cfg = self.config.eval
         train, variance_cfg = self.config.train, self.config.variance
         if train is not None and self.model.variance is not None:

@@ -60,7 +60,9 @@ def test_skip_leaves_out_and_counts_unreadable_files_and_converts_the_rest_exact
     assert pixels.shape == (4, 3, 8, 8)
     expected = [(10, 20, 30), (99, 99, 99), (40, 50, 60), (70, 80, 90)]
     for image, rgb in zip(pixels, expected, strict=True):
-        assert torch.equal(image, torch.tensor(rgb, dtype=torch.uint8)[:, None, None].expand(3, 8, 8))
+        assert torch.equal(
+            image, torch.tensor(rgb, dtype=torch.uint8)[:, None, None].expand(3, 8, 8)
+        )
 
 
 def test_grey_data_set_converts_colour_files_to_luma(

@@ -107,7 +107,9 @@ class ImageFolderDataset(Dataset):
             kept.append((path, label, pixels))
             modes[mode] += 1
         if not kept:
-            raise DataError(f"image folder {root}: none of its {len(files)} image files is readable")
+            raise DataError(
+                f"image folder {root}: none of its {len(files)} image files is readable"
+            )
         self.files = [path for path, _, _ in kept]
         self.channels = p.channels
         self.image_size = p.image_size

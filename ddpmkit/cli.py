@@ -36,12 +36,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = load_config(args.file, args.overrides)
     pipeline = Pipeline.build(config)
     resume = None
+    if args.resume is not None and args.overwrite:
+        raise DdpmkitError("--resume continues a run folder, --overwrite replaces it: pick one")
     if args.resume is not None:
         resume = Path(args.resume) if args.resume != "latest" else latest_run_directory(config)
         if not list((resume / "checkpoints").glob("step-*.safetensors")):
             raise DdpmkitError(f"--resume: no checkpoint in {resume / 'checkpoints'}")
     start = time.perf_counter()
-    directory = pipeline.run(resume=resume, progress=not args.quiet)
+    directory = pipeline.run(resume=resume, progress=not args.quiet, overwrite=args.overwrite)
     elapsed = time.perf_counter() - start
     print(f"run folder: {directory}  ({elapsed:.1f} s)")
     samples = directory / "samples.png"
@@ -202,6 +204,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="RUN_DIR",
         help="continue from the last checkpoint of RUN_DIR (default: the latest run)",
+    )
+    run.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run folder of this name instead of creating NAME-2, NAME-3, ...",
     )
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.set_defaults(func=cmd_run)

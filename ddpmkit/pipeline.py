@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import platform
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -250,9 +251,14 @@ class Pipeline:
 
     # -- running -----------------------------------------------------------------------------
 
-    def run(self, *, resume: Path | None = None, progress: bool = True) -> Path:
-        """Run the stages into a fresh run folder (or continue ``resume``); returns the folder."""
-        directory = resume if resume is not None else new_run_directory(self.config)
+    def run(
+        self, *, resume: Path | None = None, progress: bool = True, overwrite: bool = False
+    ) -> Path:
+        """Run the stages into a fresh run folder (or continue ``resume``; or, with
+        ``overwrite``, replace the run folder of this name); returns the folder."""
+        directory = (
+            resume if resume is not None else new_run_directory(self.config, overwrite=overwrite)
+        )
         resolved = self.resolved_config()
         info = RunInfo(directory=directory, config=resolved, seed=self.config.seed)
         if resume is None:
@@ -402,11 +408,22 @@ class _StepBar:
             self.bar.close()
 
 
-def new_run_directory(config: PipelineConfig) -> Path:
-    """``output.dir/output.name``, or ``name-2``, ``name-3``... so no run is overwritten."""
+def new_run_directory(config: PipelineConfig, *, overwrite: bool = False) -> Path:
+    """``output.dir/output.name``, or ``name-2``, ``name-3``... so no run is overwritten.
+
+    With ``overwrite`` (asked for by ``ddpmkit run --overwrite``) an existing run folder of that
+    name is deleted and reused; a folder that is not a run folder (no ``config.json``) never is.
+    """
     parent = Path(config.output.dir)
     name = config.output.name or "run"
     candidate, n = parent / name, 1
+    if overwrite and candidate.exists():
+        if not (candidate / "config.json").is_file():
+            raise ConfigError(
+                f"--overwrite: {candidate} is not a ddpmkit run folder (it has no config.json); "
+                "refusing to delete it"
+            )
+        shutil.rmtree(candidate)
     while candidate.exists():
         n += 1
         candidate = parent / f"{name}-{n}"

@@ -162,3 +162,29 @@ def test_a_pipeline_file_cannot_import_code_or_escape_its_folder(
     path = write_pipeline(edit)
     assert main(["validate", str(path)]) == 2
     assert expected in capsys.readouterr().err
+
+
+def test_run_folders_are_replaced_only_when_asked(
+    pipeline_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    one = ["run", str(pipeline_file), "--quiet", "--set", "train.steps=1"]
+    assert main(one) == 0
+    assert main(one) == 0  # a second run goes to tiny-2
+    runs = tmp_path / "runs"
+    assert sorted(p.name for p in runs.iterdir()) == ["tiny", "tiny-2"]
+    two = ["run", str(pipeline_file), "--quiet", "--set", "train.steps=2", "--overwrite"]
+    assert main(two) == 0
+    assert sorted(p.name for p in runs.iterdir()) == ["tiny", "tiny-2"]
+    assert sorted(p.name for p in (runs / "tiny" / "checkpoints").iterdir()) == [
+        "step-0000002.safetensors"
+    ]
+    # a folder that is not a run folder is never deleted
+    precious = tmp_path / "runs" / "thesis"
+    precious.mkdir()
+    (precious / "chapter1.tex").write_text("years of work")
+    args = [*two, "--set", "output.name='thesis'"]
+    assert main(args) == 2
+    assert "not a ddpmkit run folder" in capsys.readouterr().err
+    assert (precious / "chapter1.tex").read_text() == "years of work"
+    assert main([*two, "--resume"]) == 2
+    assert "pick one" in capsys.readouterr().err

@@ -46,7 +46,7 @@ class TrainConfig(Section):
     """``[train]``: Ho et al. Algorithm 1 with AdamW, warm-up, clipping and EMA."""
 
     steps: int = Field(1000, ge=1, description="Optimizer steps.")
-    batch_size: int = Field(32, ge=1, description="Examples per step.")
+    batch_size: int = Field(32, ge=1, le=1_000_000, description="Examples per step.")
     lr: float = Field(2e-4, gt=0, description="Peak learning rate of AdamW.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     adam_betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW (beta1, beta2).")
@@ -106,13 +106,13 @@ class SampleConfig(Section):
         description="The sampler component (`type` and its params).",
     )
     num_samples: int = Field(64, ge=1, description="How many samples to draw.")
-    batch_size: int = Field(64, ge=1, description="Samples drawn per sampler call.")
+    batch_size: int = Field(64, ge=1, le=1_000_000, description="Samples drawn per sampler call.")
     use_ema: bool = Field(True, description="Sample from the EMA weights.")
     seed: int | None = Field(
         None, ge=0, lt=2**32, description="Sampling seed (default: the pipeline seed)."
     )
     grid_columns: int | None = Field(None, ge=1, description="Columns of the grid image.")
-    grid_scale: int = Field(4, ge=1, description="Integer upscaling of the grid PNG.")
+    grid_scale: int = Field(4, ge=1, le=64, description="Integer upscaling of the grid PNG.")
     guidance: ComponentConfig | None = Field(
         None, description="A guidance component wrapping the model's predictions (absent: none)."
     )
@@ -125,7 +125,7 @@ class EvalConfig(Section):
         None, description="The data set evaluated (absent: the training data set)."
     )
     num_examples: int = Field(256, ge=1, description="Examples evaluated (from index 0).")
-    batch_size: int = Field(64, ge=1, description="Examples per batch.")
+    batch_size: int = Field(64, ge=1, le=1_000_000, description="Examples per batch.")
     nll: bool = Field(True, description="Compute the VLB: NLL in bits/dim, every term of all T.")
     swd: bool = Field(
         False, description="Sliced Wasserstein distance between [sample] samples and the data."

@@ -35,7 +35,7 @@ BAD_HOOK = """
 
 @pytest.fixture
 def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A site-packages-like folder with three broken plugin distributions on sys.path."""
+    """A site-packages-like folder with four broken plugin distributions on sys.path."""
     root = tmp_path / "site"
     root.mkdir()
     monkeypatch.syspath_prepend(str(root))
@@ -52,6 +52,13 @@ def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
         "thirdparty_exploding",
         EXPLODING,
         {"ddpmkit.denoisers": {"exploding": "thirdparty_exploding:Exploding"}},
+    )
+    make_distribution(
+        root,
+        "ddpmkit_brokenhook",
+        "thirdparty_brokenhook",
+        "raise ImportError('needs the tensorboard package')\n",
+        {"ddpmkit.plugins": {"brokenhook": "thirdparty_brokenhook"}},
     )
     make_distribution(
         root,
@@ -131,3 +138,16 @@ def test_an_in_process_hook_plugin_raising_is_named(
         plugin_manager().unregister(fragile)
     err = capsys.readouterr().err
     assert "hook plugin 'fragile' (registered in-process) raised in ddpmkit_run_start" in err
+
+
+def test_a_hook_plugin_failing_at_import_is_listed_and_never_fatal(
+    site: Path, write_pipeline: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    statuses = {s.name: s for s in hooks.hook_plugin_statuses()}
+    assert statuses["brokenhook"].distribution == "ddpmkit_brokenhook"
+    assert "ImportError: needs the tensorboard package" in statuses["brokenhook"].error
+    assert main(["plugins"]) == 0
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if "brokenhook" in x)
+    assert "ddpmkit_brokenhook 1.2.3" in line and "failed: ImportError" in line
+    assert main(["validate", str(write_pipeline())]) == 0

@@ -151,25 +151,62 @@ SLOW_TRAIN = [
     "train.log_every=1000",
 ]
 
+# `ddpmkit run` on a slow disk: each checkpoint file is written in 64 KiB chunks 20 ms apart
+# (about 0.3 s for the tiny model's 0.85 MB), so most of a run's time is spent mid-write and a
+# kill at a random moment usually lands there. While a file is being written, the file named by
+# DDPMKIT_TEST_WRITING exists. Nothing else changes: the real save_checkpoint, with its
+# temporary file, fsync and rename, runs around this writer.
+SLOW_DISK = """
+import os, sys, time
+from pathlib import Path
+from safetensors.torch import save
+import ddpmkit.checkpoint
+from ddpmkit.cli import main
 
-def _start(path: Path) -> subprocess.Popen[str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "ddpmkit", "run", str(path), "--quiet", *SLOW_TRAIN]
+def slow_save_file(tensors, filename, metadata=None):
+    data = save(tensors, metadata=metadata)
+    marker = Path(os.environ["DDPMKIT_TEST_WRITING"])
+    marker.write_text(filename)
+    with open(filename, "wb") as f:
+        for start in range(0, len(data), 65536):
+            f.write(data[start : start + 65536])
+            f.flush()
+            time.sleep(0.02)
+    marker.unlink()
+
+ddpmkit.checkpoint.save_file = slow_save_file
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _env(**extra: str) -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **extra}
+
+
+def _start(path: Path, writing: Path | None = None) -> subprocess.Popen[str]:
+    """``ddpmkit run`` in a new process; on the slow disk when ``writing`` is given."""
+    args = ["run", str(path), "--quiet", *SLOW_TRAIN]
+    if writing is None:
+        command, env = [sys.executable, "-m", "ddpmkit", *args], _env()
+    else:
+        command, env = (
+            [sys.executable, "-c", SLOW_DISK, *args],
+            _env(DDPMKIT_TEST_WRITING=str(writing)),
+        )
     return subprocess.Popen(
         command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
 
 
-def _wait_for_checkpoint(process: subprocess.Popen[str], folder: Path, timeout: float) -> None:
-    """Wait until the first checkpoint exists (the process has imported and is training)."""
+def _wait_for(process: subprocess.Popen[str], ready: Callable[[], bool], timeout: float) -> None:
     deadline = time.monotonic() + timeout
-    while not list_checkpoints(folder):
+    while not ready():
         if process.poll() is not None:
             raise AssertionError(f"training ended early: {process.communicate()}")
         if time.monotonic() > deadline:
             process.kill()
-            raise AssertionError("no checkpoint appeared")
-        time.sleep(0.02)
+            raise AssertionError("timed out waiting for the training process")
+        time.sleep(0.002)
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_130(
@@ -178,7 +215,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_130(
     path = write_pipeline()
     folder = tmp_path / "runs" / "tiny" / "checkpoints"
     process = _start(path)
-    _wait_for_checkpoint(process, folder, timeout=120)
+    _wait_for(process, lambda: bool(list_checkpoints(folder)), timeout=120)
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=120)
     assert process.returncode == 130
@@ -188,39 +225,59 @@ def test_sigterm_saves_a_checkpoint_and_exits_130(
     assert load_checkpoint(list_checkpoints(folder)[-1][1])[1]["step"] == step
 
 
-def _kill_resume_and_load(path: Path, folder: Path, rng: random.Random) -> None:
-    """SIGKILL a training process at a random moment after its first checkpoint; then every
-    checkpoint left must load, and ``--resume`` must finish the run."""
-    process = _start(path)
-    _wait_for_checkpoint(process, folder, timeout=120)
-    time.sleep(rng.uniform(0.0, 1.5))
-    process.kill()
-    process.communicate(timeout=60)
+def _resume_and_load(path: Path, folder: Path) -> None:
+    """Every checkpoint left must load, and ``--resume`` must finish the run from the newest
+    (a stray temporary file from the interrupted write is ignored, never loaded)."""
     left = list_checkpoints(folder)
     assert left, "the first checkpoint was complete before the kill"
     for step, file in left:
         _, meta = load_checkpoint(file)
         assert meta["step"] == step
-    # a stray temporary file from a write the kill interrupted is ignored, not loaded
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    resume = [sys.executable, "-m", "ddpmkit", "run", str(path), "--quiet", "--resume"]
+    target = left[-1][0] + 2
+    resume = ["run", str(path), "--quiet", "--resume", "--set", f"train.steps={target}"]
     result = subprocess.run(
-        [*resume, *SLOW_TRAIN[:2], "--set", f"train.steps={left[-1][0] + 2}"],
-        env=env,
+        [sys.executable, "-m", "ddpmkit", *resume],
+        env=_env(),
         capture_output=True,
         text=True,
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    assert list_checkpoints(folder)[-1][0] == left[-1][0] + 2
+    assert list_checkpoints(folder)[-1][0] == target
 
 
-@pytest.mark.parametrize("seed", [0, 1])
+def test_sigkill_in_the_middle_of_writing_a_checkpoint(
+    write_pipeline: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Kill the process while it is certainly writing its second checkpoint file."""
+    path = write_pipeline()
+    folder = tmp_path / "runs" / "tiny" / "checkpoints"
+    writing = tmp_path / "writing"
+    process = _start(path, writing)
+    _wait_for(process, lambda: bool(list_checkpoints(folder)) and writing.exists(), 120)
+    process.kill()
+    process.communicate(timeout=60)
+    assert writing.exists()  # the kill landed mid-write
+    _resume_and_load(path, folder)
+
+
+def _kill_at_random(path: Path, tmp_path: Path, rng: random.Random) -> None:
+    """SIGKILL a training process on the slow disk at a random moment after its first
+    checkpoint, then resume and load."""
+    folder = tmp_path / "runs" / "tiny" / "checkpoints"
+    process = _start(path, tmp_path / "writing")
+    _wait_for(process, lambda: bool(list_checkpoints(folder)), timeout=120)
+    time.sleep(rng.uniform(0.0, 1.5))
+    process.kill()
+    process.communicate(timeout=60)
+    _resume_and_load(path, folder)
+
+
+@pytest.mark.parametrize("seed", [0])
 def test_sigkill_at_a_random_moment_leaves_a_loadable_checkpoint(
     write_pipeline: Callable[..., Path], tmp_path: Path, seed: int
 ) -> None:
-    path = write_pipeline()
-    _kill_resume_and_load(path, tmp_path / "runs" / "tiny" / "checkpoints", random.Random(seed))
+    _kill_at_random(write_pipeline(), tmp_path, random.Random(seed))
 
 
 @pytest.mark.slow
@@ -228,5 +285,4 @@ def test_sigkill_at_a_random_moment_leaves_a_loadable_checkpoint(
 def test_sigkill_many_random_moments(
     write_pipeline: Callable[..., Path], tmp_path: Path, seed: int
 ) -> None:
-    path = write_pipeline()
-    _kill_resume_and_load(path, tmp_path / "runs" / "tiny" / "checkpoints", random.Random(seed))
+    _kill_at_random(write_pipeline(), tmp_path, random.Random(seed))

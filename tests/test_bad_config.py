@@ -131,3 +131,51 @@ def test_guidance_that_needs_a_conditioner_the_model_lacks_is_refused(
     CountingGuidance.calls = 0
     assert main(["run", str(path), "--quiet", "--set", "train.steps=1"]) == 0
     assert CountingGuidance.calls == 2 * 4  # two sampler batches (5 samples, 3 a batch) x 4 steps
+
+
+def _probe_value(annotation: object, value: object) -> object | None:
+    """``value`` shaped for a field annotated ``annotation`` (a scalar, or a one-element
+    sequence of it); None when the field holds no number of ``value``'s type."""
+    import typing
+
+    args = typing.get_args(annotation)
+    if annotation is type(value) or (type(None) in args and type(value) in args):
+        return value
+    origin = typing.get_origin(annotation)
+    if origin in (tuple, list) and args:
+        inner = _probe_value(args[0], value)
+        if inner is not None:
+            return [inner]
+    if origin is typing.Annotated:
+        return _probe_value(args[0], value)
+    return None
+
+
+def _number_fields(kind: str, name: str, value: object) -> list[tuple[str, object]]:
+    fields = registry.load(kind, name).Params.model_fields
+    found = []
+    for field, info in fields.items():
+        probe = _probe_value(info.annotation, value)
+        if probe is not None:
+            found.append((field, probe))
+    return found
+
+
+COMPONENTS = [(k, n) for k in registry.KIND_GROUPS for n in registry.names(k)]
+
+
+@pytest.mark.parametrize(("kind", "name"), COMPONENTS)
+def test_every_number_parameter_is_bounded_and_finite(kind: str, name: str) -> None:
+    """Every integer parameter of every bundled component has an upper bound (seeds aside: any
+    64-bit seed works), so a typo cannot ask for 2**62 channels; no float accepts nan or inf."""
+    import pydantic
+
+    params_model = registry.load(kind, name).Params
+    checks = [(f, v) for f, v in _number_fields(kind, name, 2**62) if f != "seed"]
+    checks += [
+        (f, v) for bad in (float("nan"), float("inf")) for f, v in _number_fields(kind, name, bad)
+    ]
+    for field, value in checks:
+        with pytest.raises(pydantic.ValidationError) as info:
+            params_model.model_validate({field: value})
+        assert any(e["loc"][0] == field for e in info.value.errors()), (kind, name, field, value)

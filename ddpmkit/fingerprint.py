@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -69,3 +69,27 @@ def check_checkpoint_fits(path: Path, meta: Mapping[str, Any], resolved: Mapping
         f"{path}: refusing to load a checkpoint of a different model; it differs from this "
         "pipeline in:\n  " + "\n  ".join(lines)
     )
+
+
+def check_resume_fits(
+    path: Path,
+    meta: Mapping[str, Any],
+    resolved: Mapping[str, Any],
+    stateful: Iterable[str] = (),
+) -> None:
+    """:func:`check_checkpoint_fits`, and for resuming also the ``[train.<key>]`` components
+    named in ``stateful`` (those with state of their own, a discriminator or a loss history):
+    continuing with another one would load the wrong state."""
+    check_checkpoint_fits(path, meta, resolved)
+    stored = meta.get("config")
+    if not isinstance(stored, Mapping):
+        return
+    old, new = stored.get("train") or {}, resolved.get("train") or {}
+    lines = []
+    for key in stateful:
+        lines += differences(old.get(key, "absent"), new.get(key, "absent"), f"train.{key}")
+    if lines:
+        raise DdpmkitError(
+            f"{path}: refusing to resume with a different training objective or weighting; "
+            "it differs from this pipeline in:\n  " + "\n  ".join(lines)
+        )

@@ -173,7 +173,7 @@ class NoiseSchedule(Component, abc.ABC):
 class LearnableScheduleParams(Params):
     """Parameters every learnable schedule has: the number of training steps."""
 
-    timesteps: int = Field(1000, ge=2, description="Number of training steps T.")
+    timesteps: int = Field(1000, ge=2, le=100_000, description="Number of training steps T.")
 
 
 class LearnableSchedule(NoiseSchedule, nn.Module):

@@ -24,7 +24,7 @@ from ddpmkit.checkpoint import (
 )
 from ddpmkit.config import TrainConfig
 from ddpmkit.errors import DdpmkitError
-from ddpmkit.fingerprint import check_checkpoint_fits
+from ddpmkit.fingerprint import check_resume_fits
 from ddpmkit.interfaces import Dataset, LossWeighting, TrainingObjective
 from ddpmkit.model import DiffusionModel
 
@@ -276,7 +276,13 @@ class Trainer:
         _, path = found[-1]
         tensors, meta = load_checkpoint(path)
         if "config" in self.checkpoint_metadata:
-            check_checkpoint_fits(path, meta, self.checkpoint_metadata["config"])
+            stateful = [
+                key
+                for key, part in (("objective", self.objective), ("weighting", self.weighting))
+                if any(k.startswith(f"{key}.") for k in tensors)
+                or (part is not None and part.state_dict())
+            ]
+            check_resume_fits(path, meta, self.checkpoint_metadata["config"], stateful)
         self.load_state(tensors, meta)
         return self.step
 

@@ -188,3 +188,27 @@ def test_run_folders_are_replaced_only_when_asked(
     assert (precious / "chapter1.tex").read_text() == "years of work"
     assert main([*two, "--resume"]) == 2
     assert "pick one" in capsys.readouterr().err
+
+
+def test_resume_refuses_another_stateful_weighting_but_not_a_stateless_one(
+    write_pipeline: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The importance weighting keeps a loss history in the checkpoint: resuming with another
+    history length would load the wrong state. Adding a stateless weighting is fine."""
+    path = write_pipeline(
+        (
+            "[train]",
+            "[variance]\ntype = 'fixed-small'\n\n[train.weighting]\ntype = 'importance'\n\n[train]",
+        )
+    )
+    assert main(["run", str(path), "--quiet", "--set", "train.steps=2"]) == 0
+    capsys.readouterr()
+    longer = ["run", str(path), "--quiet", "--resume", "--set", "train.steps=3"]
+    assert main([*longer, "--set", "train.weighting.history=20"]) == 2
+    err = capsys.readouterr().err
+    assert "refusing to resume with a different training objective or weighting" in err
+    assert "train.weighting.history: checkpoint 10, this pipeline 20" in err
+    plain = write_pipeline(name="plain.toml")
+    assert main(["run", str(plain), "--quiet", "--set", "train.steps=2"]) == 0
+    p2 = ["--set", "train.weighting.type='p2'"]
+    assert main(["run", str(plain), "--quiet", "--resume", "--set", "train.steps=3", *p2]) == 0

@@ -148,6 +148,8 @@ def test_a_hook_plugin_failing_at_import_is_listed_and_never_fatal(
     assert "ImportError: needs the tensorboard package" in statuses["brokenhook"].error
     assert main(["plugins"]) == 0
     out = capsys.readouterr().out
-    line = next(x for x in out.splitlines() if "brokenhook" in x)
-    assert "ddpmkit_brokenhook 1.2.3" in line and "failed: ImportError" in line
+    lines = out.splitlines()
+    header = lines.index(next(x for x in lines if x.startswith("ddpmkit_brokenhook 1.2.3")))
+    row = lines[header + 1]  # the distribution's one component, under its header
+    assert row.split()[:2] == ["hooks", "brokenhook"] and "failed: ImportError" in row
     assert main(["validate", str(write_pipeline())]) == 0

@@ -31,15 +31,41 @@ def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], metadata: dict
     # safetensors needs contiguous tensors that share no storage
     plain = {key: t.detach().to("cpu").contiguous().clone() for key, t in tensors.items()}
     tmp = path.with_name(f".{path.name}.tmp")
-    save_file(plain, str(tmp), metadata=meta)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        save_file(plain, str(tmp), metadata=meta)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:  # disk full, quota, read-only: the earlier checkpoints stay as they were
+        tmp.unlink(missing_ok=True)
+        raise DdpmkitError(f"cannot write checkpoint {path}: {exc.strerror or exc}") from exc
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_directory(path.parent)
     return path
 
 
+def _fsync_directory(directory: Path) -> None:
+    """Make a rename in ``directory`` durable (POSIX; a no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read a checkpoint written by :func:`save_checkpoint`; refuses anything else."""
+    """Read a checkpoint written by :func:`save_checkpoint`; refuses anything else.
+
+    Nothing is ever unpickled: a pickled PyTorch file (``torch.save``) is refused by name.
+    """
+    refuse_pickle(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             raw_meta = f.metadata() or {}
@@ -57,6 +83,30 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
         if key not in {"format", "format_version"}
     }
     return tensors, meta
+
+
+def refuse_pickle(path: Path) -> None:
+    """Raise :class:`DdpmkitError` if ``path`` holds a pickled (``torch.save``) file.
+
+    Unpickling runs code chosen by whoever wrote the file, so ddpmkit never does it; legacy
+    ``.pt`` weights must be converted to safetensors by their owner (``torch.load`` with
+    ``weights_only=True``, then :func:`safetensors.torch.save_file`).
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError:
+        return  # the reader reports a missing or unreadable file with its reason
+    if head[8:9] == b"{":
+        return  # safetensors: an 8-byte header length, then the JSON header
+    zipped = head.startswith(b"PK\x03\x04")  # torch.save's default zip archive
+    pickled = head[:1] == b"\x80" and head[1:2] in {b"\x02", b"\x03", b"\x04", b"\x05"}
+    if zipped or pickled:
+        raise DdpmkitError(
+            f"{path}: a pickled PyTorch file (torch.save), refused: loading it could run "
+            "arbitrary code. ddpmkit checkpoints are safetensors; convert trusted weights with "
+            "torch.load(path, weights_only=True) and safetensors.torch.save_file"
+        )
 
 
 def checkpoint_path(directory: Path, step: int) -> Path:

@@ -36,12 +36,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = load_config(args.file, args.overrides)
     pipeline = Pipeline.build(config)
     resume = None
+    if args.resume is not None and args.overwrite:
+        raise DdpmkitError("--resume continues a run folder, --overwrite replaces it: pick one")
     if args.resume is not None:
         resume = Path(args.resume) if args.resume != "latest" else latest_run_directory(config)
         if not list((resume / "checkpoints").glob("step-*.safetensors")):
             raise DdpmkitError(f"--resume: no checkpoint in {resume / 'checkpoints'}")
     start = time.perf_counter()
-    directory = pipeline.run(resume=resume, progress=not args.quiet)
+    directory = pipeline.run(resume=resume, progress=not args.quiet, overwrite=args.overwrite)
     elapsed = time.perf_counter() - start
     print(f"run folder: {directory}  ({elapsed:.1f} s)")
     samples = directory / "samples.png"
@@ -67,7 +69,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if not found:
             raise DdpmkitError(f"no checkpoint in {directory / 'checkpoints'}")
         checkpoint = found[-1][1]
-    model = load_weights(pipeline.model, checkpoint, use_ema=not args.no_ema)
+    model = load_weights(
+        pipeline.model, checkpoint, use_ema=not args.no_ema, config=pipeline.resolved_config()
+    )
     pipeline.fit_variance(model)
     pipeline.evaluate(model, directory, progress=not args.quiet)
     print(f"eval written to {directory / 'eval.json'}")
@@ -135,7 +139,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
                 f"plot trajectory: needs a [sample] section and a checkpoint in "
                 f"{directory / 'checkpoints'}"
             )
-        model = load_weights(model, checkpoints[-1])
+        model = load_weights(model, checkpoints[-1], config=pipeline.resolved_config())
         pipeline.fit_variance(model)
         at = _indices(args.steps, 6, 10**9) if args.steps else None
         recorder = figures.TrajectoryRecorder(at)
@@ -200,6 +204,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="RUN_DIR",
         help="continue from the last checkpoint of RUN_DIR (default: the latest run)",
+    )
+    run.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run folder of this name instead of creating NAME-2, NAME-3, ...",
     )
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.set_defaults(func=cmd_run)

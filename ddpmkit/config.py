@@ -20,9 +20,9 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 
 class Section(BaseModel):
-    """A fixed section of the pipeline file: unknown keys are errors."""
+    """A fixed section of the pipeline file: unknown keys and non-finite numbers are errors."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class ComponentConfig(BaseModel):
@@ -46,7 +46,7 @@ class TrainConfig(Section):
     """``[train]``: Ho et al. Algorithm 1 with AdamW, warm-up, clipping and EMA."""
 
     steps: int = Field(1000, ge=1, description="Optimizer steps.")
-    batch_size: int = Field(32, ge=1, description="Examples per step.")
+    batch_size: int = Field(32, ge=1, le=1_000_000, description="Examples per step.")
     lr: float = Field(2e-4, gt=0, description="Peak learning rate of AdamW.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     adam_betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW (beta1, beta2).")
@@ -106,11 +106,13 @@ class SampleConfig(Section):
         description="The sampler component (`type` and its params).",
     )
     num_samples: int = Field(64, ge=1, description="How many samples to draw.")
-    batch_size: int = Field(64, ge=1, description="Samples drawn per sampler call.")
+    batch_size: int = Field(64, ge=1, le=1_000_000, description="Samples drawn per sampler call.")
     use_ema: bool = Field(True, description="Sample from the EMA weights.")
-    seed: int | None = Field(None, description="Sampling seed (default: the pipeline seed).")
+    seed: int | None = Field(
+        None, ge=0, lt=2**32, description="Sampling seed (default: the pipeline seed)."
+    )
     grid_columns: int | None = Field(None, ge=1, description="Columns of the grid image.")
-    grid_scale: int = Field(4, ge=1, description="Integer upscaling of the grid PNG.")
+    grid_scale: int = Field(4, ge=1, le=64, description="Integer upscaling of the grid PNG.")
     guidance: ComponentConfig | None = Field(
         None, description="A guidance component wrapping the model's predictions (absent: none)."
     )
@@ -123,14 +125,16 @@ class EvalConfig(Section):
         None, description="The data set evaluated (absent: the training data set)."
     )
     num_examples: int = Field(256, ge=1, description="Examples evaluated (from index 0).")
-    batch_size: int = Field(64, ge=1, description="Examples per batch.")
+    batch_size: int = Field(64, ge=1, le=1_000_000, description="Examples per batch.")
     nll: bool = Field(True, description="Compute the VLB: NLL in bits/dim, every term of all T.")
     swd: bool = Field(
         False, description="Sliced Wasserstein distance between [sample] samples and the data."
     )
     swd_samples: int = Field(1000, ge=2, description="Samples (and data examples) for the SWD.")
     swd_projections: int = Field(256, ge=1, description="Random directions of the SWD.")
-    seed: int | None = Field(None, description="Evaluation seed (default: the pipeline seed).")
+    seed: int | None = Field(
+        None, ge=0, lt=2**32, description="Evaluation seed (default: the pipeline seed)."
+    )
 
 
 class OutputConfig(Section):
@@ -140,6 +144,14 @@ class OutputConfig(Section):
     name: str | None = Field(
         None, description="Run folder name (default: the pipeline file's stem)."
     )
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, v: str | None) -> str | None:
+        # a folder name, never a path: the run folder stays inside output.dir
+        if v is not None and (v in {"", ".", ".."} or any(c in v for c in "/\\\0")):
+            raise ValueError("output.name must be a plain folder name (no '/', '\\', '..')")
+        return v
 
 
 class PluginsConfig(Section):
@@ -162,7 +174,9 @@ class PluginsConfig(Section):
 class PipelineConfig(Section):
     """The whole ``pipeline.toml``."""
 
-    seed: int = Field(0, description="Seed of model initialisation, data order and noise.")
+    seed: int = Field(
+        0, ge=0, lt=2**32, description="Seed of model initialisation, data order and noise."
+    )
     device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:N.")
     data: ComponentConfig = Field(description="The data set component.")
     schedule: ComponentConfig = Field(

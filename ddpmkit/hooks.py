@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata as md
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from types import TracebackType
 from typing import Any
 
 import attrs
 import pluggy
 
 from ddpmkit import hookspecs, plugin_policy
-from ddpmkit.errors import IncompatiblePluginError
+from ddpmkit.errors import IncompatiblePluginError, PluginError
 
 HOOK_GROUP = "ddpmkit.plugins"
 
@@ -89,3 +90,46 @@ def _short(value: Any) -> str:
     """A hook argument for the trace: at most 80 characters."""
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+class GuardedHooks:
+    """``plugin_manager().hook`` whose calls turn a hook plugin's exception into a
+    :class:`~ddpmkit.PluginError` naming the plugin, its distribution and the hook."""
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        caller = getattr(plugin_manager().hook, name)
+
+        def call(**kwargs: Any) -> Any:
+            try:
+                return caller(**kwargs)
+            except Exception as exc:
+                culprit = _raising_plugin(caller, exc.__traceback__)
+                if culprit is None:  # raised by pluggy itself, not inside a plugin
+                    raise
+                raise PluginError(
+                    f"hook plugin {culprit} raised in {name}: {type(exc).__name__}: {exc}"
+                ) from exc
+
+        return call
+
+
+def _raising_plugin(caller: Any, tb: TracebackType | None) -> str | None:
+    """The hook implementation whose code is on the traceback, described for a user."""
+    codes = {}
+    for impl in caller.get_hookimpls():
+        code = getattr(impl.function, "__code__", None)
+        if code is not None:
+            codes[code] = impl.plugin_name
+    while tb is not None:
+        if tb.tb_frame.f_code in codes:
+            return _describe(codes[tb.tb_frame.f_code])
+        tb = tb.tb_next
+    return None
+
+
+def _describe(plugin_name: str) -> str:
+    """``'jsonl' (distribution ddpmkit 0.1.0)`` for an entry-point plugin, else its name."""
+    for status in hook_plugin_statuses():
+        if plugin_name == f"{status.distribution}:{status.name}":
+            return f"{status.name!r} (distribution {status.distribution} {status.version})"
+    return f"{plugin_name!r} (registered in-process)"

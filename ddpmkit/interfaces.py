@@ -30,9 +30,10 @@ if TYPE_CHECKING:  # pragma: no cover - import cycle only for type checkers
 
 
 class Params(BaseModel):
-    """Base class of every component's parameter model: unknown keys are errors."""
+    """Base class of every component's parameter model: unknown keys and non-finite numbers
+    (nan, inf) are errors."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 _ParamsModel = Params
@@ -172,7 +173,7 @@ class NoiseSchedule(Component, abc.ABC):
 class LearnableScheduleParams(Params):
     """Parameters every learnable schedule has: the number of training steps."""
 
-    timesteps: int = Field(1000, ge=2, description="Number of training steps T.")
+    timesteps: int = Field(1000, ge=2, le=100_000, description="Number of training steps T.")
 
 
 class LearnableSchedule(NoiseSchedule, nn.Module):
@@ -318,6 +319,22 @@ class Guidance(Component, abc.ABC):
     the (possibly already guided) prediction function, so guidances compose by nesting, and
     samplers never know which guidance, if any, is active.
     """
+
+    needs_conditioner: ClassVar[bool] = False
+    """True for a guidance that needs the model's conditioner (classifier-free guidance mixes
+    conditional and null-condition predictions)."""
+
+    def check(self, model: DiffusionModel) -> None:
+        """Raise :class:`~ddpmkit.ConfigError` if this guidance cannot guide ``model``.
+
+        Called when a pipeline is built, so a mismatch fails before training starts. The
+        default refuses a model without a conditioner when :attr:`needs_conditioner` is set.
+        """
+        if self.needs_conditioner and model.conditioner is None:
+            raise ConfigError(
+                f"{type(self).__name__} needs a conditioner (it mixes conditional and "
+                "null-condition predictions), but the model has none"
+            )
 
     @abc.abstractmethod
     def guide(

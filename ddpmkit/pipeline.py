@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import platform
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,8 @@ from ddpmkit.checkpoint import load_checkpoint
 from ddpmkit.config import ComponentConfig, PipelineConfig, config_to_dict
 from ddpmkit.errors import ConfigError, DdpmkitError
 from ddpmkit.evaluate import data_batches, nll_bits_per_dim, swd_to_data, write_eval
-from ddpmkit.hooks import plugin_manager
+from ddpmkit.fingerprint import check_checkpoint_fits, config_hash
+from ddpmkit.hooks import GuardedHooks
 from ddpmkit.images import save_grid, save_scatter
 from ddpmkit.interfaces import (
     Dataset,
@@ -49,7 +51,10 @@ def resolve_device(name: str) -> torch.device:
 
 def _build(kind: str, where: str, section: ComponentConfig, **fill: Any) -> Any:
     """Build a component from its section; ``fill`` supplies params the file left out."""
-    cls = registry.load(kind, section.type)
+    try:
+        cls = registry.load(kind, section.type)
+    except registry.PluginError as exc:  # the plugin failed to import: name the key too
+        raise ConfigError(f"{where}.type: {exc}") from exc
     params = dict(section.params)
     for key, value in fill.items():
         if key in cls.Params.model_fields and key not in params:
@@ -58,7 +63,16 @@ def _build(kind: str, where: str, section: ComponentConfig, **fill: Any) -> Any:
         validated = registry.validate_params(kind, section.type, params, where=where)
     except registry.PluginError as exc:
         raise ConfigError(f"{where}.type: {exc}") from exc
-    return cls(validated)
+    try:
+        return cls(validated)
+    except DdpmkitError:
+        raise  # the component's own message (a DataError names the file, say)
+    except Exception as exc:  # a plugin bug: name the plugin and where it comes from
+        rec = registry.record(kind, section.type)
+        raise registry.PluginError(
+            f"{where}: {kind} {section.type!r} from distribution {rec.distribution} "
+            f"{rec.version} failed to build ({rec.value}): {type(exc).__name__}: {exc}"
+        ) from exc
 
 
 @attrs.define
@@ -162,6 +176,12 @@ class Pipeline:
                 self.sampler.check(self.model)
             except ConfigError as exc:
                 raise ConfigError(f"sample.sampler: {exc}") from exc
+        guidance = self.built.get("sample.guidance")
+        if guidance is not None:
+            try:
+                guidance.check(self.model)
+            except ConfigError as exc:
+                raise ConfigError(f"sample.guidance: {exc}") from exc
         eval_cfg = self.config.eval
         train, variance_cfg = self.config.train, self.config.variance
         if train is not None and self.model.variance is not None:
@@ -231,14 +251,19 @@ class Pipeline:
 
     # -- running -----------------------------------------------------------------------------
 
-    def run(self, *, resume: Path | None = None, progress: bool = True) -> Path:
-        """Run the stages into a fresh run folder (or continue ``resume``); returns the folder."""
-        directory = resume if resume is not None else new_run_directory(self.config)
+    def run(
+        self, *, resume: Path | None = None, progress: bool = True, overwrite: bool = False
+    ) -> Path:
+        """Run the stages into a fresh run folder (or continue ``resume``; or, with
+        ``overwrite``, replace the run folder of this name); returns the folder."""
+        directory = (
+            resume if resume is not None else new_run_directory(self.config, overwrite=overwrite)
+        )
         resolved = self.resolved_config()
         info = RunInfo(directory=directory, config=resolved, seed=self.config.seed)
         if resume is None:
             write_run_files(directory, resolved)
-        hook = plugin_manager().hook
+        hook = GuardedHooks()
         hook.ddpmkit_run_start(run=info)
         status = "failed"
         try:
@@ -250,7 +275,7 @@ class Pipeline:
                     self.config.train,
                     seed=self.config.seed,
                     checkpoint_dir=directory / "checkpoints",
-                    checkpoint_metadata={"config": resolved},
+                    checkpoint_metadata={"config": resolved, "config_hash": config_hash(resolved)},
                     on_metrics=lambda step, m: hook.ddpmkit_train_metrics(
                         run=info, step=step, metrics=m
                     ),
@@ -383,11 +408,22 @@ class _StepBar:
             self.bar.close()
 
 
-def new_run_directory(config: PipelineConfig) -> Path:
-    """``output.dir/output.name``, or ``name-2``, ``name-3``... so no run is overwritten."""
+def new_run_directory(config: PipelineConfig, *, overwrite: bool = False) -> Path:
+    """``output.dir/output.name``, or ``name-2``, ``name-3``... so no run is overwritten.
+
+    With ``overwrite`` (asked for by ``ddpmkit run --overwrite``) an existing run folder of that
+    name is deleted and reused; a folder that is not a run folder (no ``config.json``) never is.
+    """
     parent = Path(config.output.dir)
     name = config.output.name or "run"
     candidate, n = parent / name, 1
+    if overwrite and candidate.exists():
+        if not (candidate / "config.json").is_file():
+            raise ConfigError(
+                f"--overwrite: {candidate} is not a ddpmkit run folder (it has no config.json); "
+                "refusing to delete it"
+            )
+        shutil.rmtree(candidate)
     while candidate.exists():
         n += 1
         candidate = parent / f"{name}-{n}"
@@ -436,13 +472,23 @@ def plugin_versions() -> dict[str, str]:
     return dict(sorted(found.items()))
 
 
-def load_weights(model: DiffusionModel, path: Path, *, use_ema: bool = True) -> DiffusionModel:
+def load_weights(
+    model: DiffusionModel,
+    path: Path,
+    *,
+    use_ema: bool = True,
+    config: dict[str, Any] | None = None,
+) -> DiffusionModel:
     """Load a checkpoint's EMA (or raw) weights into ``model``; returns it in eval mode.
 
-    The reverse variance is not trained (a learned one lives in the denoiser's output), so its
-    state is not required to match: one network can be evaluated under several variances.
+    With ``config`` (the pipeline's resolved config) a checkpoint of a different model is
+    refused with the keys that differ. The reverse variance is not trained (a learned one lives
+    in the denoiser's output), so its state is not required to match: one network can be
+    evaluated under several variances.
     """
-    tensors, _ = load_checkpoint(path)
+    tensors, meta = load_checkpoint(path)
+    if config is not None:
+        check_checkpoint_fits(path, meta, config)
     prefix = "ema." if use_ema else "model."
     weights = {
         k[len(prefix) :]: v
@@ -466,5 +512,7 @@ def load_model_from_checkpoint(path: Path, *, use_ema: bool = True) -> Diffusion
     from ddpmkit.config import validate_config
 
     _, meta = load_checkpoint(path)
+    if not isinstance(meta.get("config"), dict):
+        raise DdpmkitError(f"{path}: the checkpoint does not record the config it was trained with")
     pipeline = Pipeline.build(validate_config(meta["config"], str(path)))
-    return load_weights(pipeline.model, path, use_ema=use_ema)
+    return load_weights(pipeline.model, path, use_ema=use_ema, config=pipeline.resolved_config())

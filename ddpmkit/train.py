@@ -24,6 +24,7 @@ from ddpmkit.checkpoint import (
 )
 from ddpmkit.config import TrainConfig
 from ddpmkit.errors import DdpmkitError
+from ddpmkit.fingerprint import check_resume_fits
 from ddpmkit.interfaces import Dataset, LossWeighting, TrainingObjective
 from ddpmkit.model import DiffusionModel
 
@@ -161,11 +162,13 @@ class Trainer:
                 vlb_weight=self.config.vlb_weight,
             )
         if not torch.isfinite(loss):
-            raise DdpmkitError(f"training diverged: loss is {loss.item()} at step {self.step}")
+            raise self.diverged(f"loss is {loss.item()}")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.config.grad_clip > 0:
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+            norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+            if not torch.isfinite(norm):  # stop before the step spreads it into the weights
+                raise self.diverged(f"gradient norm is {norm.item()}")
         self.optimizer.step()
         self.model.refresh_schedule()
         self.ema.update(self.model)
@@ -220,6 +223,13 @@ class Trainer:
 
     # -- checkpoints -------------------------------------------------------------------------
 
+    def diverged(self, what: str) -> DdpmkitError:
+        """The error that stops a diverged run: the step, what was not finite, and the newest
+        checkpoint, which holds the last good state (nothing non-finite is ever saved)."""
+        found = list_checkpoints(self.checkpoint_dir) if self.checkpoint_dir else []
+        last = f"last good checkpoint: {found[-1][1]}" if found else "no checkpoint was saved"
+        return DdpmkitError(f"training diverged at step {self.step}: {what}; {last}")
+
     def state_tensors(self) -> dict[str, torch.Tensor]:
         """Everything needed to continue training, as named tensors."""
         tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
@@ -241,6 +251,8 @@ class Trainer:
         """Write a checkpoint for the current step (no-op without a checkpoint folder)."""
         if self.checkpoint_dir is None:
             return None
+        if not all(torch.isfinite(p).all() for p in self.model.parameters()):
+            raise self.diverged("the weights are not finite (not saved)")
         groups = self.optimizer.state_dict()["param_groups"]
         metadata = {
             **self.checkpoint_metadata,
@@ -263,6 +275,14 @@ class Trainer:
             raise DdpmkitError(f"--resume: no checkpoint in {self.checkpoint_dir}")
         _, path = found[-1]
         tensors, meta = load_checkpoint(path)
+        if "config" in self.checkpoint_metadata:
+            stateful = [
+                key
+                for key, part in (("objective", self.objective), ("weighting", self.weighting))
+                if any(k.startswith(f"{key}.") for k in tensors)
+                or (part is not None and part.state_dict())
+            ]
+            check_resume_fits(path, meta, self.checkpoint_metadata["config"], stateful)
         self.load_state(tensors, meta)
         return self.step
 

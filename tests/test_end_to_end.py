@@ -235,7 +235,9 @@ def test_user_mistakes_around_runs_are_one_message(
     assert main(["run", str(path), "--quiet", "--set", "train.steps=2"]) == 0
     args = ["run", str(path), "--quiet", "--resume", "--set", "denoiser.base_channels=4"]
     assert main(args) == 2
-    assert "the checkpoint's model differs" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "refusing to load a checkpoint of a different model" in err
+    assert "denoiser.base_channels: checkpoint 8, this pipeline 4" in err
     binary = tmp_path / "binary.toml"
     binary.write_bytes(b"\xff\xfe[data]\n")
     assert main(["validate", str(binary)]) == 2

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
 from pathlib import Path
 from typing import Literal, SupportsIndex
 
 import torch
+from PIL import Image
 from pydantic import Field, field_validator
 
 from ddpmkit import Batch, DataError, Dataset, Example, Params, load_image, to_uint8
 from ddpmkit_datasets._cache import PixelCache, as_index
+
+log = logging.getLogger(__name__)
+_MODES = {1: "L", 3: "RGB"}
 
 
 class ImageFolderParams(Params):
@@ -20,6 +26,14 @@ class ImageFolderParams(Params):
     channels: Literal[1, 3] = Field(3, description="1 loads images as grey, 3 as RGB.")
     extensions: tuple[str, ...] = Field(
         ("png", "jpg", "jpeg"), min_length=1, description="File name endings to load."
+    )
+    bad_files: Literal["error", "skip"] = Field(
+        "error",
+        description=(
+            "A file that cannot be read: `error` names it and stops (a bad header when the "
+            "data set is built, truncated pixel data when it is first used); `skip` decodes "
+            "every file when the data set is built and leaves out, and counts, those that fail."
+        ),
     )
 
     @field_validator("extensions")
@@ -46,7 +60,10 @@ class ImageFolderDataset(Dataset):
 
     Images are converted to ``channels``, centre-cropped to a square and resized to
     ``image_size``; each file is read on first use and kept in memory. Captions are empty.
-    A missing or empty folder, or an unreadable file, raises :class:`ddpmkit.DataError`.
+    A missing or empty folder, or an unreadable file, raises :class:`ddpmkit.DataError`
+    naming it, unless ``bad_files = "skip"``: then unreadable files are left out and counted in
+    ``skipped`` and in a logged warning. Files of another mode than ``channels`` asks for (grey
+    among RGB, RGBA, palette) are converted, and the count is logged.
     """
 
     Params = ImageFolderParams
@@ -69,24 +86,71 @@ class ImageFolderDataset(Dataset):
                 f"({', '.join(name for name, _ in by_class)}); use one layout or the other"
             )
         self.class_names = [name for name, _ in by_class]
-        self.files = flat or [f for _, files in by_class for f in files]
+        files = flat or [f for _, files in by_class for f in files]
         labels = [-1] * len(flat) or [k for k, (_, fs) in enumerate(by_class) for _ in fs]
-        if not self.files:
+        if not files:
             endings = ", ".join(p.extensions)
             raise DataError(f"image folder {root} holds no image files ({endings})")
+        self.skipped: list[tuple[Path, str]] = []
+        kept: list[tuple[Path, int, torch.Tensor | None]] = []
+        modes: Counter[str] = Counter()
+        for path, label in zip(files, labels, strict=True):
+            try:
+                mode = _mode(path)
+                pixels = self._load(path) if p.bad_files == "skip" else None
+            except DataError as exc:
+                if p.bad_files == "error":
+                    raise DataError(f"{exc} (bad_files = 'skip' leaves such files out)") from exc
+                cause = exc.__cause__ or exc
+                self.skipped.append((path, f"{type(cause).__name__}: {cause}"))
+                continue
+            kept.append((path, label, pixels))
+            modes[mode] += 1
+        if not kept:
+            raise DataError(
+                f"image folder {root}: none of its {len(files)} image files is readable"
+            )
+        self.files = [path for path, _, _ in kept]
         self.channels = p.channels
         self.image_size = p.image_size
         self.num_classes = len(self.class_names)
-        self._labels = torch.tensor(labels, dtype=torch.long)
+        self._labels = torch.tensor([label for _, label, _ in kept], dtype=torch.long)
         self._cache = PixelCache(len(self.files), p.channels, p.image_size)
+        for index, (_, _, pixels) in enumerate(kept):
+            if pixels is not None:
+                self._cache.pixels[index] = pixels
+                self._cache.ready[index] = True
+        self._report(root, len(files), modes)
+
+    def _report(self, root: Path, total: int, modes: Counter[str]) -> None:
+        """Log what was left out and what was converted: nothing changes silently."""
+        if self.skipped:
+            shown = "; ".join(f"{path.name} ({why})" for path, why in self.skipped[:3])
+            more = f"; and {len(self.skipped) - 3} more" if len(self.skipped) > 3 else ""
+            log.warning(
+                "image folder %s: skipped %d of %d files that cannot be read: %s%s",
+                root,
+                len(self.skipped),
+                total,
+                shown,
+                more,
+            )
+        wanted = _MODES[self.channels]
+        converted = {mode: n for mode, n in sorted(modes.items()) if mode != wanted}
+        if converted:
+            counts = ", ".join(f"{n} from {mode}" for mode, n in converted.items())
+            log.warning("image folder %s: converted %s to %s", root, counts, wanted)
 
     def __len__(self) -> int:
         """Number of image files."""
         return len(self.files)
 
-    def _make(self, index: int) -> torch.Tensor:
+    def _load(self, path: Path) -> torch.Tensor:
         p = self.params
-        return to_uint8(load_image(self.files[index], p.channels, p.image_size))
+        return to_uint8(load_image(path, p.channels, p.image_size))
+
+    def _make(self, index: int) -> torch.Tensor:
+        return self._load(self.files[index])
 
     def __getitem__(self, index: SupportsIndex) -> Example:
         """The example at ``index``."""
@@ -98,3 +162,13 @@ class ImageFolderDataset(Dataset):
         idx = self._cache.indices(indices)
         images = self._cache.get(idx, self._make)
         return Batch(images=images, labels=self._labels[idx], captions=("",) * len(idx))
+
+
+def _mode(path: Path) -> str:
+    """The mode of an image file, read from its header only; a :class:`DataError` naming the
+    file when it is not an image PIL can open."""
+    try:
+        with Image.open(path) as img:
+            return str(img.mode)
+    except Exception as exc:
+        raise DataError(f"cannot read image file {path}: {type(exc).__name__}: {exc}") from exc

@@ -23,9 +23,11 @@ from ddpmkit import (
 class DDGANGeneratorParams(Params):
     """Parameters of the ``ddgan-generator`` denoiser."""
 
-    in_channels: int = Field(3, ge=1, description="Channels (or dimensions) of x_t.")
-    out_channels: int | None = Field(None, ge=1, description="Output channels (None: in).")
-    z_dim: int = Field(32, ge=1, description="Dimension of the latent z ~ N(0, I).")
+    in_channels: int = Field(3, ge=1, le=65536, description="Channels (or dimensions) of x_t.")
+    out_channels: int | None = Field(
+        None, ge=1, le=131072, description="Output channels (None: in)."
+    )
+    z_dim: int = Field(32, ge=1, le=65536, description="Dimension of the latent z ~ N(0, I).")
     backbone: dict[str, Any] = Field(
         default_factory=lambda: {"type": "unet"},
         description=(

@@ -22,8 +22,10 @@ from ddpmkit_ddgan.generator import generator_of
 class DDGANObjectiveParams(Params):
     """Parameters of the ``ddgan`` training objective (the discriminator and its optimizer)."""
 
-    width: int = Field(64, ge=1, description="Discriminator width (channels or hidden units).")
-    levels: int = Field(2, ge=0, description="Discriminator downsampling blocks (images).")
+    width: int = Field(
+        64, ge=1, le=4096, description="Discriminator width (channels or hidden units)."
+    )
+    levels: int = Field(2, ge=0, le=16, description="Discriminator downsampling blocks (images).")
     lr: float = Field(1.25e-4, gt=0, description="Discriminator learning rate (Adam).")
     adam_betas: tuple[float, float] = Field(
         (0.5, 0.9), description="Discriminator Adam (beta1, beta2), as in DDGAN."
@@ -34,6 +36,7 @@ class DDGANObjectiveParams(Params):
     r1_every: int = Field(
         4,
         ge=1,
+        le=1_000_000,
         description=(
             "Apply the R1 penalty every k-th step, weighted by k (lazy regularisation, "
             "Karras et al. 2020): the same penalty on average for a k-th of its cost."

@@ -3,7 +3,7 @@ diffusers implements it) as a ddpmkit denoiser, built from parameters or loaded 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from diffusers import UNet2DModel
@@ -24,24 +24,28 @@ class DiffusersUNetParams(Params):
         ),
     )
     in_channels: int | None = Field(
-        None, ge=1, description="Input channels (the pipeline fills in the data's)."
+        None, ge=1, le=1024, description="Input channels (the pipeline fills in the data's)."
     )
     out_channels: int | None = Field(
-        None, ge=1, description="Output channels (the pipeline fills in what the variance needs)."
+        None,
+        ge=1,
+        le=2048,
+        description="Output channels (the pipeline fills in what the variance needs).",
     )
-    sample_size: int = Field(32, ge=1, description="Image size the model is built for.")
-    block_out_channels: list[int] = Field(
+    sample_size: int = Field(32, ge=1, le=4096, description="Image size the model is built for.")
+    block_out_channels: list[Annotated[int, Field(ge=1, le=8192)]] = Field(
         default_factory=lambda: [32, 64],
         min_length=1,
+        max_length=8,
         description="Channels of each resolution level.",
     )
-    layers_per_block: int = Field(2, ge=1, description="ResNet blocks per level.")
-    attention_levels: list[int] = Field(
+    layers_per_block: int = Field(2, ge=1, le=32, description="ResNet blocks per level.")
+    attention_levels: list[Annotated[int, Field(ge=0, le=7)]] = Field(
         default_factory=lambda: [1],
         description="Levels (0 = full resolution) whose blocks use self-attention.",
     )
-    attention_head_dim: int = Field(8, ge=1, description="Channels per attention head.")
-    norm_num_groups: int = Field(8, ge=1, description="Groups of every GroupNorm.")
+    attention_head_dim: int = Field(8, ge=1, le=4096, description="Channels per attention head.")
+    norm_num_groups: int = Field(8, ge=1, le=1024, description="Groups of every GroupNorm.")
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout in the ResNet blocks.")
 
     @model_validator(mode="after")

@@ -27,7 +27,7 @@ __all__ = ["DDIMSampler", "DDIMSamplerParams", "ddim_timesteps"]
 class DDIMSamplerParams(ChainSamplerParams):
     """Parameters of the ``ddim`` sampler."""
 
-    steps: int = Field(50, ge=1, description="Number of sampling steps S (at most T).")
+    steps: int = Field(50, ge=1, le=100_000, description="Number of sampling steps S (at most T).")
     eta: float = Field(
         0.0,
         ge=0.0,

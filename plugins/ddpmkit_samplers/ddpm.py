@@ -16,6 +16,7 @@ class DDPMSamplerParams(ChainSamplerParams):
     steps: int | None = Field(
         None,
         ge=1,
+        le=100_000,
         description=(
             "Number of sampling steps S (at most T); None visits all T training steps. With "
             "S < T the chain is respaced (Nichol & Dhariwal 2021, section 4)."

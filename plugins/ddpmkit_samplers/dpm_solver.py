@@ -20,7 +20,10 @@ class DPMSolverPlusPlusSamplerParams(ChainSamplerParams):
     """Parameters of the ``dpm-solver++`` sampler."""
 
     steps: int = Field(
-        20, ge=1, description="Number of steps S, which is also the number of network calls."
+        20,
+        ge=1,
+        le=100_000,
+        description="Number of steps S, which is also the number of network calls.",
     )
     spacing: Literal["trailing", "logsnr", "leading", "linspace"] = Field(
         "trailing",

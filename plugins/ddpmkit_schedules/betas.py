@@ -15,6 +15,7 @@ class BetasScheduleParams(RescalableParams):
 
     betas: list[Annotated[float, Field(gt=0, lt=1)]] = Field(
         min_length=1,
+        max_length=100_000,
         description="beta_1 .. beta_T, each in (0, 1); T is the length of the list.",
     )
 

@@ -13,7 +13,7 @@ from ddpmkit_schedules.base import RescalableParams, RescalableSchedule
 class CosineScheduleParams(RescalableParams):
     """Parameters of the ``cosine`` schedule."""
 
-    timesteps: int = Field(1000, ge=1, description="Number of training steps T.")
+    timesteps: int = Field(1000, ge=1, le=100_000, description="Number of training steps T.")
     s: float = Field(0.008, ge=0, description="Offset s that keeps beta_t from vanishing at t=0.")
     max_beta: float = Field(
         0.999, gt=0, lt=1, description="Clip on beta_t that avoids the singularity at t = T."

@@ -18,7 +18,9 @@ class LearnedScheduleParams(LearnableScheduleParams):
     log_snr_min: float = Field(
         -5.0, description="Initial log SNR at index T-1 (-gamma_max; -5 in Kingma et al.)."
     )
-    hidden: int = Field(1024, ge=1, description="Width of the monotonic network's hidden layer.")
+    hidden: int = Field(
+        1024, ge=1, le=65536, description="Width of the monotonic network's hidden layer."
+    )
     learn_ends: bool = Field(True, description="Train the end points on the bound.")
     learn_shape: bool = Field(
         True, description="Train the shape between the end points on the bound's variance."

@@ -11,7 +11,7 @@ from ddpmkit_schedules.base import RescalableParams, RescalableSchedule
 class LinearScheduleParams(RescalableParams):
     """Parameters of the ``linear`` schedule."""
 
-    timesteps: int = Field(1000, ge=1, description="Number of training steps T.")
+    timesteps: int = Field(1000, ge=1, le=100_000, description="Number of training steps T.")
     beta_start: float = Field(1e-4, gt=0, lt=1, description="beta_1 at T = 1000.")
     beta_end: float = Field(0.02, gt=0, lt=1, description="beta_T at T = 1000.")
     scale_with_timesteps: bool = Field(

@@ -11,7 +11,7 @@ from ddpmkit_schedules.base import RescalableParams, RescalableSchedule
 class ScaledLinearScheduleParams(RescalableParams):
     """Parameters of the ``scaled-linear`` schedule."""
 
-    timesteps: int = Field(1000, ge=1, description="Number of training steps T.")
+    timesteps: int = Field(1000, ge=1, le=100_000, description="Number of training steps T.")
     beta_start: float = Field(0.00085, gt=0, lt=1, description="beta_1.")
     beta_end: float = Field(0.012, gt=0, lt=1, description="beta_T.")
 

@@ -12,7 +12,7 @@ from ddpmkit_schedules.base import RescalableParams, RescalableSchedule
 class SigmoidScheduleParams(RescalableParams):
     """Parameters of the ``sigmoid`` schedule."""
 
-    timesteps: int = Field(1000, ge=1, description="Number of training steps T.")
+    timesteps: int = Field(1000, ge=1, le=100_000, description="Number of training steps T.")
     start: float = Field(-3.0, description="Sigmoid input at t = 0 (before dividing by tau).")
     end: float = Field(3.0, description="Sigmoid input at t = 1 (before dividing by tau).")
     tau: float = Field(

@@ -16,16 +16,17 @@ from ddpmkit_toy._cond import check_unconditional
 class MLPParams(Params):
     """Parameters of the ``mlp`` denoiser."""
 
-    in_channels: int = Field(2, ge=1, description="Dimension D of the data x_t.")
+    in_channels: int = Field(2, ge=1, le=65536, description="Dimension D of the data x_t.")
     out_channels: int | None = Field(
-        None, ge=1, description="Output dimension; None means in_channels."
+        None, ge=1, le=131072, description="Output dimension; None means in_channels."
     )
-    hidden: int = Field(128, ge=1, description="Width of every hidden layer.")
-    layers: int = Field(3, ge=1, description="Number of hidden layers.")
-    time_dim: int = Field(64, ge=2, description="Number of sinusoidal features of t.")
+    hidden: int = Field(128, ge=1, le=65536, description="Width of every hidden layer.")
+    layers: int = Field(3, ge=1, le=256, description="Number of hidden layers.")
+    time_dim: int = Field(64, ge=2, le=65536, description="Number of sinusoidal features of t.")
     cond_embed_dim: int = Field(
         0,
         ge=0,
+        le=65536,
         description="Width of cond.embedding, concatenated to the input (0: unconditional).",
     )
 

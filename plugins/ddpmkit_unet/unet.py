@@ -13,29 +13,36 @@ from ddpmkit import Conditioning, Denoiser, Params
 from ddpmkit_unet.blocks import AttentionBlock, Downsample, ResBlock, Upsample, zero_init
 from ddpmkit_unet.embeddings import TimeEmbedding
 
-PositiveInt = Annotated[int, Field(ge=1)]
+PositiveInt = Annotated[int, Field(ge=1, le=64)]
 
 
 class UNetParams(Params):
     """Parameters of the U-Net denoiser (Ho et al. 2020; Dhariwal & Nichol 2021)."""
 
-    in_channels: int = Field(3, ge=1, description="Channels of x_t (without conditioning).")
-    out_channels: int | None = Field(
-        None, ge=1, description="Output channels; None means in_channels."
+    in_channels: int = Field(
+        3, ge=1, le=1024, description="Channels of x_t (without conditioning)."
     )
-    base_channels: int = Field(64, ge=1, description="Channels of the first level.")
+    out_channels: int | None = Field(
+        None, ge=1, le=2048, description="Output channels; None means in_channels."
+    )
+    base_channels: int = Field(64, ge=1, le=4096, description="Channels of the first level.")
     channel_mults: tuple[PositiveInt, ...] = Field(
         (1, 2, 2),
         min_length=1,
+        max_length=8,
         description="Channel multiplier of each level; the resolution halves between levels.",
     )
-    num_res_blocks: int = Field(2, ge=1, description="Residual blocks per level on the way down.")
-    attention_levels: tuple[Annotated[int, Field(ge=0)], ...] = Field(
+    num_res_blocks: int = Field(
+        2, ge=1, le=32, description="Residual blocks per level on the way down."
+    )
+    attention_levels: tuple[Annotated[int, Field(ge=0, le=7)], ...] = Field(
         (),
         description="Levels (0 = full resolution, 1 = halved, ...) whose blocks use "
         "self-attention; the middle block always does.",
     )
-    num_heads: int = Field(4, ge=1, description="Attention heads; must divide the channel count.")
+    num_heads: int = Field(
+        4, ge=1, le=1024, description="Attention heads; must divide the channel count."
+    )
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout inside residual blocks.")
     time_embedding: Literal["sinusoidal", "fourier"] = Field(
         "sinusoidal",
@@ -49,15 +56,23 @@ class UNetParams(Params):
         description="How residual blocks use the time embedding: added to the features "
         "(Ho et al.) or adaptive group norm scale and shift (Dhariwal & Nichol).",
     )
-    groups: int = Field(8, ge=1, description="GroupNorm groups; must divide every channel count.")
+    groups: int = Field(
+        8, ge=1, le=1024, description="GroupNorm groups; must divide every channel count."
+    )
     cond_channels: int = Field(
-        0, ge=0, description="Channels of cond.channels, concatenated to x_t (0: not accepted)."
+        0,
+        ge=0,
+        le=1024,
+        description="Channels of cond.channels, concatenated to x_t (0: not accepted).",
     )
     cond_embed_dim: int = Field(
-        0, ge=0, description="Width of cond.embedding, added to the time embedding (0: none)."
+        0,
+        ge=0,
+        le=65536,
+        description="Width of cond.embedding, added to the time embedding (0: none).",
     )
     context_dim: int = Field(
-        0, ge=0, description="Width of cond.context tokens for cross-attention (0: none)."
+        0, ge=0, le=65536, description="Width of cond.context tokens for cross-attention (0: none)."
     )
 
     @model_validator(mode="after")

@@ -22,7 +22,10 @@ class AnalyticVarianceParams(Params):
     """Parameters of the ``analytic`` variance."""
 
     num_examples: int = Field(
-        256, ge=1, description="Data examples averaged per timestep to estimate Gamma_t."
+        256,
+        ge=1,
+        le=10_000_000,
+        description="Data examples averaged per timestep to estimate Gamma_t.",
     )
     data_half_range: float = Field(
         1.0,

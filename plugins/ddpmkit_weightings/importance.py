@@ -15,6 +15,7 @@ class ImportanceWeightingParams(Params):
     history: int = Field(
         10,
         ge=1,
+        le=1000,
         description="Recent losses kept per timestep; t is drawn uniformly until every t has "
         "this many.",
     )

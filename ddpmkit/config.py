@@ -132,6 +132,16 @@ class EvalConfig(Section):
     )
     swd_samples: int = Field(1000, ge=2, description="Samples (and data examples) for the SWD.")
     swd_projections: int = Field(256, ge=1, description="Random directions of the SWD.")
+    attributes: bool = Field(
+        False,
+        description=(
+            "Read [sample] samples back with the data set's reader (shapes: shape, colour, "
+            "position): the readable fraction and how many distinct combinations appear."
+        ),
+    )
+    attributes_samples: int = Field(
+        256, ge=1, le=1_000_000, description="Samples drawn and read for `attributes`."
+    )
     seed: int | None = Field(
         None, ge=0, lt=2**32, description="Evaluation seed (default: the pipeline seed)."
     )

@@ -1,10 +1,11 @@
-"""The ``[eval]`` stage: NLL in bits/dim from every term of the variational bound, and SWD."""
+"""The ``[eval]`` stage: NLL in bits/dim from every term of the variational bound, the SWD, and
+what a data set can read back from samples (diversity, adherence)."""
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -93,3 +94,31 @@ def swd_to_data(
             generator=generator,
         )
     )
+
+
+def attribute_diversity(readings: Sequence[Mapping[str, str] | None]) -> dict[str, float]:
+    """How varied samples are, read back by the data set: the readable fraction, the number of
+    distinct attribute combinations among the readable ones, and of each attribute alone."""
+    readable = [r for r in readings if r is not None]
+    keys = sorted({k for r in readable for k in r})
+    result = {
+        "readable_fraction": len(readable) / max(len(readings), 1),
+        "distinct_combinations": float(len({tuple(sorted(r.items())) for r in readable})),
+    }
+    for key in keys:
+        result[f"distinct_{key}"] = float(len({r.get(key) for r in readable}))
+    return result
+
+
+def attribute_adherence(
+    readings: Sequence[Mapping[str, str] | None], wanted: Sequence[Mapping[str, str]]
+) -> float:
+    """The fraction of samples whose reading matches every attribute their condition asked
+    for (an unreadable sample matches nothing)."""
+    if len(readings) != len(wanted):
+        raise ValueError(f"{len(readings)} readings but {len(wanted)} conditions")
+    hits = sum(
+        r is not None and all(r.get(k) == v for k, v in w.items())
+        for r, w in zip(readings, wanted, strict=True)
+    )
+    return hits / max(len(readings), 1)

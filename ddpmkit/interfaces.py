@@ -430,6 +430,12 @@ class Dataset(Component, abc.ABC):
             captions=tuple(e.caption for e in examples),
         )
 
+    def read_attributes(self, images: torch.Tensor) -> list[dict[str, str] | None] | None:
+        """Read generated ``images`` back into the attributes this data set draws (e.g.
+        ``{"shape": "circle", "color": "red", "position": "left"}``), ``None`` for an image
+        that shows none; ``None`` overall when the data set has no reader (the default)."""
+        return None
+
 
 # ---------------------------------------------------------------------------------------------
 # Supporting kinds of the training objective

@@ -18,7 +18,13 @@ from ddpmkit import plugin_policy, registry
 from ddpmkit.checkpoint import load_checkpoint
 from ddpmkit.config import ComponentConfig, PipelineConfig, config_to_dict
 from ddpmkit.errors import ConfigError, DdpmkitError
-from ddpmkit.evaluate import data_batches, nll_bits_per_dim, swd_to_data, write_eval
+from ddpmkit.evaluate import (
+    attribute_diversity,
+    data_batches,
+    nll_bits_per_dim,
+    swd_to_data,
+    write_eval,
+)
 from ddpmkit.fingerprint import check_checkpoint_fits, config_hash
 from ddpmkit.hooks import GuardedHooks
 from ddpmkit.images import save_grid, save_scatter
@@ -190,6 +196,15 @@ class Pipeline:
                 raise ConfigError(
                     f"variance {variance_cfg.type if variance_cfg else ''!r} is learned from "
                     "the VLB term: set train.vlb_weight > 0 (0.001 in Nichol & Dhariwal)"
+                )
+        if eval_cfg is not None and eval_cfg.attributes:
+            if self.sampler is None:
+                raise ConfigError("eval.attributes = true needs a [sample] section")
+            probe = torch.zeros(1, *self.eval_dataset.shape)
+            if self.eval_dataset.read_attributes(probe) is None:
+                raise ConfigError(
+                    f"eval.attributes: data {(eval_cfg.data or self.config.data).type!r} "
+                    "has no reader of generated images (the shapes data has one)"
                 )
         if eval_cfg is not None and eval_cfg.swd and self.sampler is None:
             raise ConfigError("eval.swd = true needs a [sample] section to draw the samples")
@@ -383,6 +398,12 @@ class Pipeline:
             ).cpu()
             generator = torch.Generator().manual_seed(seed)
             results["swd"] = swd_to_data(samples, data, cfg.swd_projections, generator)
+        if cfg.attributes:
+            samples = self.draw_samples(model, cfg.attributes_samples, seed=seed, progress=progress)
+            readings = self.eval_dataset.read_attributes(samples)
+            if readings is None:  # check_compatible refuses this; a data set may still change
+                raise ConfigError("eval.attributes: the data set cannot read images back")
+            results["attributes"] = attribute_diversity(readings)
         write_eval(directory, results)
         if progress:
             summary = {k: v for k, v in results.items() if k != "terms_bits_per_dim"}

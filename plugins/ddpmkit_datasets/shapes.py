@@ -11,6 +11,7 @@ from pydantic import Field, model_validator
 from ddpmkit import Batch, Dataset, Example, Params
 from ddpmkit_datasets._cache import PixelCache, as_index
 from ddpmkit_datasets._render import COLORS, SHAPES, ColorName, ShapeName, render
+from ddpmkit_datasets.reader import read_shapes
 
 PositionName = Literal["left", "right", "top", "bottom", "center"]
 POSITIONS: dict[PositionName, tuple[int, int, str]] = {
@@ -116,6 +117,16 @@ class ShapesDataset(Dataset):
         """The example at ``index``."""
         batch = self.batch([as_index(index, len(self))])
         return Example(image=batch.images[0], label=int(batch.labels[0]), caption=batch.captions[0])
+
+    def read_attributes(self, images: torch.Tensor) -> list[dict[str, str] | None]:
+        """Shape, colour and position of each image, read analytically (:func:`read_shape`)."""
+        readings = read_shapes(images)
+        return [
+            {"shape": r.shape, "color": r.color, "position": r.position}  # type: ignore[dict-item]
+            if r.readable
+            else None
+            for r in readings
+        ]
 
     def batch(self, indices: list[int]) -> Batch:
         """The examples at ``indices``, collated from the cache (rendering what is missing)."""

@@ -15,7 +15,7 @@ Conventions shared by every interface:
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import attrs
@@ -73,6 +73,20 @@ class Conditioning:
     embedding: torch.Tensor | None = None
     context: torch.Tensor | None = None
     context_mask: torch.Tensor | None = None
+
+    @staticmethod
+    def cat(parts: Sequence[Conditioning]) -> Conditioning:
+        """Concatenate conditionings along the batch; a field must be set in all or none."""
+        fields: dict[str, torch.Tensor | None] = {}
+        for name in ("channels", "embedding", "context", "context_mask"):
+            values = [getattr(p, name) for p in parts]
+            if all(v is None for v in values):
+                fields[name] = None
+            elif any(v is None for v in values):
+                raise ValueError(f"Conditioning.cat: {name} is set in some parts, not all")
+            else:
+                fields[name] = torch.cat(values)
+        return Conditioning(**fields)
 
 
 @attrs.frozen
@@ -299,9 +313,9 @@ class Conditioner(Component, nn.Module, abc.ABC):
         nn.Module.__init__(self)
         self._set_params(params)
 
-    extra_channels: ClassVar[int] = 0
-    embedding_dim: ClassVar[int] = 0
-    context_dim: ClassVar[int] = 0
+    extra_channels: int = 0
+    embedding_dim: int = 0
+    context_dim: int = 0
 
     @abc.abstractmethod
     def forward(self, raw: Any) -> Conditioning:

@@ -17,8 +17,10 @@ from ddpmkit import RunInfo, registry
 from ddpmkit.errors import PluginError
 from ddpmkit.model import DiffusionModel
 from ddpmkit.testing import (
+    ConditionerContract,
     DatasetContract,
     DenoiserContract,
+    GuidanceContract,
     HookPluginContract,
     ObjectiveContract,
     ParameterizationContract,
@@ -176,6 +178,18 @@ class TestBundledDatasets(DatasetContract):
                     Image.new("RGB", (10, 12), color).save(folder / label / f"{i}.png")
             return {"path": str(folder), "image_size": 8}
         return super().params_for(name, tmp_path)
+
+
+class TestBundledConditioners(ConditionerContract):
+    distribution = BUNDLED
+    params_by_name: ClassVar[dict[str, dict[str, Any]]] = {"class": {"num_classes": 3}}
+
+    def raw_conditions(self, name: str, batch: int) -> Any:
+        return torch.arange(batch) % 3 - (torch.arange(batch) == 0).long()  # -1 is the null
+
+
+class TestBundledGuidance(GuidanceContract):
+    distribution = BUNDLED
 
 
 class TestBundledObjectives(ObjectiveContract):

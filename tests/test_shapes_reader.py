@@ -19,7 +19,8 @@ def test_reader_reads_the_data_sets_own_images_exactly(size: int) -> None:
     palette are known, so nothing is learned: 100 % is expected and reached)."""
     ds = ddpmkit.create("dataset", "shapes", image_size=size, num_examples=500, seed=11)
     readings = ds.read_attributes(ds.batch(list(range(500))).images)
-    wanted = [dict(zip(("shape", "color", "position"), ds.attributes(i))) for i in range(500)]
+    keys = ("shape", "color", "position")
+    wanted = [dict(zip(keys, ds.attributes(i), strict=True)) for i in range(500)]
     assert attribute_adherence(readings, wanted) == 1.0
 
 

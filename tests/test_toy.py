@@ -166,8 +166,12 @@ def test_oracle_refuses_conditions_and_needs_a_schedule() -> None:
     )
     t = torch.zeros(3, dtype=torch.long)
     assert oracle(torch.zeros(3, 2), t, Conditioning()).shape == (3, 2)
-    with pytest.raises(ValueError, match="unconditional"):
+    # a one-hot class per row (K = 8 components by default) is accepted, nothing else
+    assert oracle(torch.zeros(3, 2), t, Conditioning(embedding=torch.zeros(3, 8))).shape == (3, 2)
+    with pytest.raises(ValueError, match="one-hot classes of shape"):
         oracle(torch.zeros(3, 2), t, Conditioning(embedding=torch.zeros(3, 4)))
+    with pytest.raises(ValueError, match="unconditional"):
+        oracle(torch.zeros(3, 2), t, Conditioning(context=torch.zeros(3, 1, 4)))
     with pytest.raises(ValueError, match=r"\(B, 2\)"):
         oracle(torch.zeros(3, 3), t)
 

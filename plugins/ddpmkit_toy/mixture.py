@@ -194,10 +194,22 @@ class GaussianMixture(nn.Module):
         return log_joint.softmax(dim=-1)
 
     def posterior_mean(
-        self, x_t: torch.Tensor, alpha: torch.Tensor | float, sigma: torch.Tensor | float
+        self,
+        x_t: torch.Tensor,
+        alpha: torch.Tensor | float,
+        sigma: torch.Tensor | float,
+        components: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """E[x_0 | x_t] = sum_k r_k(x_t) E[x_0 | x_t, k], ``(B, D)`` float64."""
+        """E[x_0 | x_t] = sum_k r_k(x_t) E[x_0 | x_t, k], ``(B, D)`` float64.
+
+        ``components`` ``(B, K)``, 0 or 1, restricts row b to the components it marks (a
+        class label as a one-hot row: E[x_0 | x_t, k]); an all-zero row keeps them all.
+        """
         log_joint, mean = self.component_posteriors(x_t, alpha, sigma)
+        if components is not None:
+            mask = components.to(log_joint.device, torch.float64)
+            keep = (mask > 0) | (mask.sum(-1, keepdim=True) == 0)
+            log_joint = log_joint.masked_fill(~keep, float("-inf"))
         return torch.einsum("bk,bkd->bd", log_joint.softmax(dim=-1), mean)
 
     def log_prob(self, x0: torch.Tensor) -> torch.Tensor:

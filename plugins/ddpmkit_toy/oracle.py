@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
 import torch
 
 from ddpmkit import Conditioning, Denoiser, NoiseSchedule, Parameterization
@@ -20,6 +21,9 @@ class GMMOracle(Denoiser):
     :class:`~ddpmkit_toy.mixture.GaussianMixture`). The x0 and v targets are linear in
     (x_0, eps), so their expectations come from the parameterization's own ``target``.
     Inputs are ``(B, D)``; the maths runs in float64 and the output has ``x_t``'s dtype.
+    ``cond.embedding``, one-hot ``(B, K)`` (the ``class`` conditioner's ``one-hot`` encoding),
+    makes it the exact denoiser of component k alone; an all-zero row (the null condition)
+    of the whole mixture.
     The oracle has no trainable parameters; it must be bound to a schedule before use.
     """
 
@@ -61,14 +65,21 @@ class GMMOracle(Denoiser):
         self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning | None = None
     ) -> torch.Tensor:
         """E[target | x_t] for the parameterization's target, ``(B, D)``."""
-        check_unconditional(cond, "gmm-oracle")
+        components = cond.embedding if cond is not None else None
+        rest = cond if components is None else attrs.evolve(cond, embedding=None)  # type: ignore[misc]
+        check_unconditional(rest, "gmm-oracle")
+        if components is not None and components.shape != (x_t.shape[0], self.mixture.K):
+            raise ValueError(
+                f"gmm-oracle: cond.embedding must be one-hot classes of shape "
+                f"{(x_t.shape[0], self.mixture.K)}, got {tuple(components.shape)}"
+            )
         if self.parameterization is None:
             raise RuntimeError("gmm-oracle is not bound: build a DiffusionModel with it")
         x = x_t.to(torch.float64)
         abar = self.alphas_cumprod[t.to(self.alphas_cumprod.device)].to(x.device)[:, None]
         a, s = abar.sqrt(), (1.0 - abar).sqrt()
         # E[x_0 | x_t], exact for the mixture
-        x0_hat = self.mixture.posterior_mean(x, a, s).to(x.device)
+        x0_hat = self.mixture.posterior_mean(x, a, s, components).to(x.device)
         # E[eps | x_t] = (x_t - a E[x_0 | x_t]) / s, by linearity of x_t = a x_0 + s eps
         eps_hat = (x - a * x0_hat) / s
         # E[target | x_t] = target(E[x_0 | x_t], E[eps | x_t]): every target is linear

@@ -82,6 +82,15 @@ class TrainConfig(Section):
         ),
     )
 
+    condition_dropout: float = Field(
+        0.1,
+        ge=0.0,
+        le=1.0,
+        description=(
+            "With a [conditioner]: the probability that an example is trained with the null "
+            "condition, so one network learns both (classifier-free guidance; Ho & Salimans)."
+        ),
+    )
     objective: ComponentConfig | None = Field(
         None,
         description=(
@@ -107,6 +116,14 @@ class SampleConfig(Section):
     )
     num_samples: int = Field(64, ge=1, description="How many samples to draw.")
     batch_size: int = Field(64, ge=1, le=1_000_000, description="Samples drawn per sampler call.")
+    labels: list[int] | None = Field(
+        None,
+        max_length=1_000_000,
+        description=(
+            "With a `class` conditioner: the labels to sample, cycled over the samples "
+            "(absent: every class in turn)."
+        ),
+    )
     use_ema: bool = Field(True, description="Sample from the EMA weights.")
     seed: int | None = Field(
         None, ge=0, lt=2**32, description="Sampling seed (default: the pipeline seed)."
@@ -199,6 +216,13 @@ class PipelineConfig(Section):
     variance: ComponentConfig | None = Field(
         None, description="Reverse variance (absent: sigma_t^2 = beta_t, Ho et al. Algorithm 2)."
     )
+    conditioner: ComponentConfig | None = Field(
+        None,
+        description=(
+            "What the denoiser is conditioned on, e.g. `class` (the data's labels); absent: "
+            "an unconditional model."
+        ),
+    )
     train: TrainConfig | None = Field(None, description="Training stage (absent: skipped).")
     sample: SampleConfig | None = Field(None, description="Sampling stage (absent: skipped).")
     eval: EvalConfig | None = Field(None, description="Evaluation stage (absent: skipped).")
@@ -222,6 +246,8 @@ class PipelineConfig(Section):
         yield "parameterization", "parameterization", self.parameterization
         if self.variance is not None:
             yield "variance", "variance", self.variance
+        if self.conditioner is not None:
+            yield "conditioner", "conditioner", self.conditioner
         yield "denoiser", "denoiser", self.denoiser
         if self.train is not None and self.train.weighting is not None:
             yield "train.weighting", "weighting", self.train.weighting

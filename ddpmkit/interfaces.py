@@ -74,6 +74,21 @@ class Conditioning:
     context: torch.Tensor | None = None
     context_mask: torch.Tensor | None = None
 
+    def where(self, mask: torch.Tensor, other: Conditioning) -> Conditioning:
+        """Row b from ``other`` where ``mask[b]`` is true, else from this one (condition
+        dropout: ``cond.where(drop, null)``)."""
+        fields: dict[str, torch.Tensor | None] = {}
+        for name in ("channels", "embedding", "context", "context_mask"):
+            mine, theirs = getattr(self, name), getattr(other, name)
+            if mine is None or theirs is None:
+                if mine is not theirs:
+                    raise ValueError(f"Conditioning.where: {name} is set on one side only")
+                fields[name] = None
+                continue
+            row = mask.to(mine.device).reshape(-1, *([1] * (mine.ndim - 1)))
+            fields[name] = torch.where(row, theirs.to(mine.device), mine)
+        return Conditioning(**fields)
+
     @staticmethod
     def cat(parts: Sequence[Conditioning]) -> Conditioning:
         """Concatenate conditionings along the batch; a field must be set in all or none."""
@@ -325,6 +340,15 @@ class Conditioner(Component, nn.Module, abc.ABC):
     def null(self, batch_size: int, device: torch.device) -> Conditioning:
         """The null condition for ``batch_size`` samples."""
 
+    def raw_from_batch(self, batch: Batch) -> Any:
+        """The raw conditions of a training batch (default: its labels)."""
+        return batch.labels
+
+    def default_conditions(self, count: int) -> Any:
+        """Raw conditions to sample ``count`` samples with when the user names none (default:
+        none; a conditioner that can enumerate its conditions overrides this)."""
+        raise ConfigError(f"{type(self).__name__} needs the conditions to sample with")
+
 
 class Guidance(Component, abc.ABC):
     """Changes a prediction during sampling by wrapping the model's prediction function.
@@ -448,6 +472,12 @@ class Dataset(Component, abc.ABC):
         """Read generated ``images`` back into the attributes this data set draws (e.g.
         ``{"shape": "circle", "color": "red", "position": "left"}``), ``None`` for an image
         that shows none; ``None`` overall when the data set has no reader (the default)."""
+        return None
+
+    def label_attributes(self, label: int) -> dict[str, str] | None:
+        """The attributes a label stands for (``shapes``: ``{"shape": "circle"}``), against
+        which :meth:`read_attributes` of a sample conditioned on it is checked; ``None``
+        (the default) when labels have no readable meaning."""
         return None
 
 

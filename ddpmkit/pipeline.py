@@ -19,6 +19,7 @@ from ddpmkit.checkpoint import load_checkpoint
 from ddpmkit.config import ComponentConfig, PipelineConfig, config_to_dict
 from ddpmkit.errors import ConfigError, DdpmkitError
 from ddpmkit.evaluate import (
+    attribute_adherence,
     attribute_diversity,
     data_batches,
     nll_bits_per_dim,
@@ -29,6 +30,7 @@ from ddpmkit.fingerprint import check_checkpoint_fits, config_hash
 from ddpmkit.hooks import GuardedHooks
 from ddpmkit.images import save_grid, save_scatter
 from ddpmkit.interfaces import (
+    Conditioning,
     Dataset,
     Guidance,
     LearnableSchedule,
@@ -108,12 +110,22 @@ class Pipeline:
                 channels = built["data"].channels
                 multiplier = built["variance"].output_multiplier if "variance" in built else 1
                 fill = {"in_channels": channels, "out_channels": channels * multiplier}
+                conditioner = built.get("conditioner")
+                if conditioner is not None:  # build the denoiser to accept what it produces
+                    for key, dim in (
+                        ("cond_embed_dim", conditioner.embedding_dim),
+                        ("cond_channels", conditioner.extra_channels),
+                        ("context_dim", conditioner.context_dim),
+                    ):
+                        if dim:
+                            fill[key] = dim
             built[where] = _build(kind, where, section, **fill)
         model = DiffusionModel(
             built["schedule"],
             built["denoiser"],
             built["parameterization"],
             variance=built.get("variance"),
+            conditioner=built.get("conditioner"),
             decoder="discretized" if len(built["data"].shape) == 3 else "gaussian",
         ).to(device)
         pipeline = cls(config, device, built, model)
@@ -197,6 +209,29 @@ class Pipeline:
                     f"variance {variance_cfg.type if variance_cfg else ''!r} is learned from "
                     "the VLB term: set train.vlb_weight > 0 (0.001 in Nichol & Dhariwal)"
                 )
+        conditioner = self.model.conditioner
+        if conditioner is not None:
+            classes = getattr(conditioner.params, "num_classes", None)
+            if classes is not None and self.dataset.num_classes != classes:
+                raise ConfigError(
+                    f"conditioner.num_classes = {classes} but data {self.config.data.type!r} "
+                    f"has {self.dataset.num_classes} classes"
+                )
+            try:
+                self.model.denoiser(
+                    torch.zeros(1, *self.dataset.shape, device=self.device),
+                    torch.zeros(1, dtype=torch.long, device=self.device),
+                    self.probe_condition(1),
+                )
+            except (ValueError, RuntimeError) as exc:
+                raise ConfigError(
+                    f"denoiser {self.config.denoiser.type!r} cannot take what conditioner "
+                    f"{self.config.conditioner.type!r} produces: {exc}"  # type: ignore[union-attr]
+                ) from exc
+        if self.config.sample is not None and self.config.sample.labels is not None:
+            if conditioner is None:
+                raise ConfigError("sample.labels needs a [conditioner]")
+            self.sample_conditions(1)
         if eval_cfg is not None and eval_cfg.attributes:
             if self.sampler is None:
                 raise ConfigError("eval.attributes = true needs a [sample] section")
@@ -225,6 +260,10 @@ class Pipeline:
                         f"train.{key}: schedule {self.config.schedule.type!r} is learned on the "
                         "variational bound itself (Kingma et al. 2021); remove this key"
                     )
+        if self.objective is not None and self.model.conditioner is not None:
+            raise ConfigError(
+                "train.objective: the objective trains without conditions; remove [conditioner]"
+            )
         if self.objective is not None and train is not None:
             for key, used in (
                 ("weighting", self.weighting is not None),
@@ -299,6 +338,7 @@ class Pipeline:
                     ),
                     weighting=self.weighting,
                     objective=self.objective,
+                    condition_dropout=self.config.train.condition_dropout,
                     progress=progress,
                 )
                 if resume is not None:
@@ -340,19 +380,53 @@ class Pipeline:
             raise DdpmkitError("this pipeline has no [sample] section")
         generator = torch.Generator().manual_seed(seed)
         model.eval()
+        raw = self.sample_conditions(count) if model.conditioner is not None else None
         chunks = []
         batches = math.ceil(count / cfg.batch_size)
         for index in range(batches):
-            n = min(cfg.batch_size, count - index * cfg.batch_size)
+            start = index * cfg.batch_size
+            n = min(cfg.batch_size, count - start)
             bar = _StepBar(f"sample {index + 1}/{batches}", progress)
             shape = (n, *self.sample_shape)
+            cond = None
+            if raw is not None:
+                with torch.no_grad():
+                    cond = model.encode(raw[start : start + n].to(self.device))
             chunks.append(
                 self.sampler.sample(
-                    model, shape, generator=generator, callback=bar, guidance=self.guidance
+                    model,
+                    shape,
+                    cond=cond,
+                    generator=generator,
+                    callback=bar,
+                    guidance=self.guidance,
                 )
             )
             bar.close()
         return torch.cat([c.cpu() for c in chunks])
+
+    def sample_conditions(self, count: int) -> torch.Tensor:
+        """The raw conditions of ``count`` samples: ``sample.labels`` cycled, or the
+        conditioner's default (every class in turn)."""
+        conditioner = self.model.conditioner
+        if conditioner is None:
+            raise ConfigError("sampling with conditions needs a [conditioner]")
+        labels = self.config.sample.labels if self.config.sample is not None else None
+        if labels is None:
+            return torch.as_tensor(conditioner.default_conditions(count))
+        classes = self.dataset.num_classes
+        bad = [label for label in labels if not 0 <= label < classes]
+        if bad or not labels:
+            raise ConfigError(f"sample.labels must be non-empty and in 0 .. {classes - 1}")
+        return torch.tensor(labels, dtype=torch.long).repeat(math.ceil(count / len(labels)))[:count]
+
+    def probe_condition(self, count: int) -> Conditioning:
+        """The conditioner's encoding of a training batch's first ``count`` examples."""
+        conditioner = self.model.conditioner
+        assert conditioner is not None
+        with torch.no_grad():
+            batch = self.dataset.batch(list(range(count)))
+            return self.model.encode(conditioner.raw_from_batch(batch))  # type: ignore[return-value]
 
     def write_samples(self, model: DiffusionModel, directory: Path, *, progress: bool) -> Path:
         """Draw ``sample.num_samples`` samples; write a PNG grid (images) or scatter (vectors)."""
@@ -404,6 +478,14 @@ class Pipeline:
             if readings is None:  # check_compatible refuses this; a data set may still change
                 raise ConfigError("eval.attributes: the data set cannot read images back")
             results["attributes"] = attribute_diversity(readings)
+            if model.conditioner is not None:
+                raw = self.sample_conditions(cfg.attributes_samples)
+                wanted = [self.eval_dataset.label_attributes(int(label)) for label in raw]
+                if all(w is not None for w in wanted):
+                    results["attributes"]["adherence"] = attribute_adherence(
+                        readings,
+                        wanted,  # type: ignore[arg-type]
+                    )
         write_eval(directory, results)
         if progress:
             summary = {k: v for k, v in results.items() if k != "terms_bits_per_dim"}

@@ -25,7 +25,7 @@ from ddpmkit.checkpoint import (
 from ddpmkit.config import TrainConfig
 from ddpmkit.errors import DdpmkitError
 from ddpmkit.fingerprint import check_resume_fits
-from ddpmkit.interfaces import Dataset, LossWeighting, TrainingObjective
+from ddpmkit.interfaces import Conditioning, Dataset, LossWeighting, TrainingObjective
 from ddpmkit.model import DiffusionModel
 
 
@@ -114,6 +114,7 @@ class Trainer:
         on_checkpoint: CheckpointCallback | None = None,
         weighting: LossWeighting | None = None,
         objective: TrainingObjective | None = None,
+        condition_dropout: float = 0.0,
         progress: bool = True,
     ) -> None:
         self.model = model
@@ -126,6 +127,7 @@ class Trainer:
         self.on_checkpoint = on_checkpoint
         self.weighting = weighting
         self.objective = objective
+        self.condition_dropout = condition_dropout
         self.progress = progress
         self.device = model.alphas_cumprod.device
         self.optimizer = torch.optim.AdamW(
@@ -142,13 +144,30 @@ class Trainer:
 
     # -- the loop ----------------------------------------------------------------------------
 
-    def batches(self) -> Iterator[torch.Tensor]:
-        """Training images for each remaining step, on the model's device."""
+    def batches(self) -> Iterator[tuple[torch.Tensor, Any]]:
+        """Training images for each remaining step, on the model's device, and their raw
+        conditions (``None`` for an unconditional model)."""
+        conditioner = self.model.conditioner
         for step in range(self.step, self.config.steps):
             indices = batch_indices(len(self.dataset), self.config.batch_size, step, self.seed)
-            yield self.dataset.batch(indices).images.to(self.device, non_blocking=True)
+            batch = self.dataset.batch(indices)
+            raw = conditioner.raw_from_batch(batch) if conditioner is not None else None
+            yield batch.images.to(self.device, non_blocking=True), raw
 
-    def train_step(self, x0: torch.Tensor) -> float:
+    def condition(self, raw: Any, batch_size: int) -> Conditioning | None:
+        """Encode ``raw`` and replace each example's condition by the null one with
+        probability ``condition_dropout`` (Ho & Salimans 2021, Algorithm 1)."""
+        conditioner = self.model.conditioner
+        if conditioner is None or raw is None:
+            return None
+        cond = self.model.encode(raw.to(self.device) if torch.is_tensor(raw) else raw)
+        assert cond is not None
+        if self.condition_dropout <= 0:
+            return cond
+        drop = torch.rand(batch_size, generator=self.noise) < self.condition_dropout
+        return cond.where(drop, conditioner.null(batch_size, self.device))
+
+    def train_step(self, x0: torch.Tensor, raw: Any = None) -> float:
         """One step of Algorithm 1 (lines 2-5) plus the EMA update; returns the loss."""
         for group in self.optimizer.param_groups:
             group["lr"] = self.config.lr * lr_factor(self.step, self.config)
@@ -157,6 +176,7 @@ class Trainer:
         else:
             loss = self.model.loss(
                 x0,
+                self.condition(raw, x0.shape[0]),
                 generator=self.noise,
                 weighting=self.weighting,
                 vlb_weight=self.config.vlb_weight,
@@ -191,12 +211,12 @@ class Trainer:
         window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
         stop = _StopRequest()
         try:
-            for x0 in self.batches():
+            for x0, raw in self.batches():
                 if stop.requested:
                     # Ctrl-C or SIGTERM between two steps: the state is whole, keep it
                     self.save()
                     raise KeyboardInterrupt(f"stopped at step {self.step}; checkpoint saved")
-                loss = self.train_step(x0)
+                loss = self.train_step(x0, raw)
                 window_loss += loss
                 window_steps += 1
                 bar.update(1)

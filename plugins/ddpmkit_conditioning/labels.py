@@ -59,3 +59,8 @@ class ClassConditioner(Conditioner):
     def null(self, batch_size: int, device: torch.device) -> Conditioning:
         """The null condition: label -1 for every sample."""
         return self.forward(torch.full((batch_size,), -1, dtype=torch.long, device=device))
+
+    def default_conditions(self, count: int) -> torch.Tensor:
+        """Every class in turn: labels 0, 1, ..., K-1, 0, 1, ... (one grid row per class when
+        the grid has K columns)."""
+        return torch.arange(count) % self.params.num_classes

@@ -128,6 +128,10 @@ class ShapesDataset(Dataset):
             for r in readings
         ]
 
+    def label_attributes(self, label: int) -> dict[str, str]:
+        """A label is the index of its shape in ``params.shapes``."""
+        return {"shape": self.params.shapes[label]}
+
     def batch(self, indices: list[int]) -> Batch:
         """The examples at ``indices``, collated from the cache (rendering what is missing)."""
         idx = self._cache.indices(indices)

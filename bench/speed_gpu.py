@@ -194,7 +194,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="cifar10")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--seconds", type=float, default=5.0, help="timed seconds per cell")
+    parser.add_argument("--seconds", type=float, default=4.0, help="timed seconds per cell")
     parser.add_argument("--sample-steps", type=int, default=20, help="DDIM steps per sample")
     parser.add_argument(
         "--modes", default="fp32,bf16,bf16+compile", help="comma-separated precisions"

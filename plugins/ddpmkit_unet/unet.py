@@ -289,9 +289,10 @@ class UNet(Denoiser):
         emb = self._embedding(t, cond, x_t)
         context, mask = self._context(cond, x_t)
 
-        if h.device.type == "cpu":
-            # oneDNN's native layout: every convolution then skips two reorders (5-8% faster
-            # on CPU in bench/speed_unet.py); on GPUs train.channels_last decides
+        if h.device.type == "cpu" and not _cpu_autocast():
+            # oneDNN's native layout for float32: every convolution then skips two reorders
+            # (5-8% faster in bench/speed_unet.py; under bf16 autocast it is slower, so not
+            # then); on GPUs train.channels_last decides
             h = h.contiguous(memory_format=torch.channels_last)
         h = self.conv_in(h)
         skips = [h]
@@ -322,3 +323,11 @@ class UNet(Denoiser):
                 h = self.upsample[i](h)
 
         return self.conv_out(F.silu(self.norm_out(h))).contiguous()
+
+
+def _cpu_autocast() -> bool:
+    """Whether autocast is on for the CPU (the one-argument form is torch >= 2.4)."""
+    try:
+        return bool(torch.is_autocast_enabled("cpu"))
+    except TypeError:  # pragma: no cover - torch < 2.4
+        return bool(torch.is_autocast_cpu_enabled())

@@ -9,10 +9,14 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ddpmkit import __version__, registry
 from ddpmkit.config import PipelineConfig, load_config
 from ddpmkit.errors import DdpmkitError
+
+if TYPE_CHECKING:
+    from ddpmkit.distributed import DistContext
 
 EXIT_USER_ERROR = 2
 
@@ -31,9 +35,42 @@ def _pipeline_arguments(parser: argparse.ArgumentParser) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Train, sample and write the run folder."""
+    import torch
+
+    from ddpmkit import distributed
+
+    dist = distributed.from_environment()
+    if args.nproc is not None and dist is None and args.nproc > 1:
+        return _torchrun(args)
+    config = load_config(args.file, args.overrides)
+    if dist is not None:
+        device = distributed.device_name(config.device, dist)
+        config = config.model_copy(update={"device": device})
+        distributed.init_process_group(dist, torch.device(device))
+    try:
+        return _run(args, config, dist)
+    finally:
+        distributed.shutdown()
+
+
+def _torchrun(args: argparse.Namespace) -> int:
+    """``ddpmkit run --nproc N ...``: the same command under ``torchrun`` on this machine."""
+    import subprocess
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += [f"--nproc-per-node={args.nproc}", "-m", "ddpmkit"]
+    command += ["--debug"] if args.debug else []
+    command += ["run", str(args.file), *(f"--set={item}" for item in args.overrides)]
+    if args.resume is not None:
+        command += ["--resume"] if args.resume == "latest" else [f"--resume={args.resume}"]
+    command += ["--overwrite"] if args.overwrite else []
+    command += ["--quiet"] if args.quiet else []
+    return subprocess.call(command)
+
+
+def _run(args: argparse.Namespace, config: PipelineConfig, dist: DistContext | None) -> int:
     from ddpmkit.pipeline import Pipeline, latest_run_directory
 
-    config = load_config(args.file, args.overrides)
     pipeline = Pipeline.build(config)
     resume = None
     if args.resume is not None and args.overwrite:
@@ -43,8 +80,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         if not list((resume / "checkpoints").glob("step-*.safetensors")):
             raise DdpmkitError(f"--resume: no checkpoint in {resume / 'checkpoints'}")
     start = time.perf_counter()
-    directory = pipeline.run(resume=resume, progress=not args.quiet, overwrite=args.overwrite)
+    main = dist is None or dist.is_main
+    directory = pipeline.run(
+        resume=resume, progress=main and not args.quiet, overwrite=args.overwrite, dist=dist
+    )
     elapsed = time.perf_counter() - start
+    if not main:
+        return 0
     print(f"run folder: {directory}  ({elapsed:.1f} s)")
     samples = directory / "samples.png"
     if samples.exists():
@@ -211,6 +253,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="replace the run folder of this name instead of creating NAME-2, NAME-3, ...",
     )
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument(
+        "--nproc",
+        type=_positive,
+        metavar="N",
+        help="train with N processes on this machine (DDP; shorthand for torchrun "
+        "--standalone --nproc-per-node N -m ddpmkit run ...)",
+    )
     run.set_defaults(func=cmd_run)
 
     evaluate = sub.add_parser(

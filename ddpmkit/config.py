@@ -19,6 +19,10 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 
+Precision = Literal["fp32", "bf16", "fp16"]
+"""Numeric precision of the network's forward pass (autocast dtype, or none for fp32)."""
+
+
 class Section(BaseModel):
     """A fixed section of the pipeline file: unknown keys and non-finite numbers are errors."""
 
@@ -81,6 +85,26 @@ class TrainConfig(Section):
             "error on the parameterization's target (for eps, L_simple)."
         ),
     )
+    precision: Precision = Field(
+        "fp32",
+        description=(
+            "fp32; or bf16 / fp16 autocast of the forward pass (fp16 with a gradient scaler). "
+            "Weights, optimizer state and the loss stay float32."
+        ),
+    )
+    compile: bool = Field(
+        False, description="torch.compile the denoiser (slow first steps; best on GPUs)."
+    )
+    channels_last: bool = Field(
+        False, description="Image tensors and conv weights in channels-last memory format."
+    )
+    gradient_checkpointing: bool = Field(
+        False,
+        description=(
+            "Recompute the denoiser's blocks in the backward pass instead of storing their "
+            "activations: less memory, about a third more compute (the denoiser must support it)."
+        ),
+    )
 
     condition_dropout: float = Field(
         0.1,
@@ -132,6 +156,9 @@ class SampleConfig(Section):
     grid_scale: int = Field(4, ge=1, le=64, description="Integer upscaling of the grid PNG.")
     guidance: ComponentConfig | None = Field(
         None, description="A guidance component wrapping the model's predictions (absent: none)."
+    )
+    precision: Precision = Field(
+        "fp32", description="fp32, or bf16 / fp16 autocast of the network during sampling."
     )
 
 

@@ -288,6 +288,12 @@ class Denoiser(Component, nn.Module, abc.ABC):
     ``ValueError`` when given a conditioning field it was not built to consume.
     """
 
+    supports_gradient_checkpointing: ClassVar[bool] = False
+    """Whether the network honours :attr:`gradient_checkpointing`."""
+    gradient_checkpointing: bool = False
+    """Recompute blocks in the backward pass instead of storing their activations (in
+    training mode, when the network supports it)."""
+
     def __init__(self, params: Params | None = None) -> None:
         nn.Module.__init__(self)
         self._set_params(params)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import torch
 from torch import nn
@@ -41,6 +41,24 @@ def column(values: torch.Tensor, ndim: int) -> torch.Tensor:
 def broadcast(values: torch.Tensor, t: torch.Tensor, ndim: int) -> torch.Tensor:
     """Gather ``values[t]`` and shape it ``(B, 1, ..., 1)`` to broadcast against ``ndim`` dims."""
     return column(values[t], ndim)
+
+
+Scalar = TypeVar("Scalar", float, torch.Tensor)
+
+
+def step_variance_formula(abar_t: Scalar, abar_s: Scalar) -> tuple[Scalar, Scalar]:
+    """beta_{t|s} = 1 - abar_t / abar_s, beta~_{t|s} = (1 - abar_s) / (1 - abar_t) beta_{t|s}
+    (Ho et al. eq. 7 for s = t - 1; Song et al. 2021 eq. 7 for any s < t); floats or tensors."""
+    beta = 1.0 - abar_t / abar_s
+    return beta, (1.0 - abar_s) / (1.0 - abar_t) * beta
+
+
+def posterior_mean_coefficients(abar_t: Scalar, abar_s: Scalar) -> tuple[Scalar, Scalar]:
+    """The weights of x_0 and x_t in mu~ of q(x_s | x_t, x_0): sqrt(abar_s) beta_{t|s} /
+    (1 - abar_t) and sqrt(abar_t / abar_s) (1 - abar_s) / (1 - abar_t) (Ho et al. eq. 7)."""
+    beta = step_variance_formula(abar_t, abar_s)[0]
+    ratio = abar_t / abar_s
+    return abar_s**0.5 * beta / (1.0 - abar_t), ratio**0.5 * (1.0 - abar_s) / (1.0 - abar_t)
 
 
 class DiffusionModel(nn.Module):
@@ -80,6 +98,9 @@ class DiffusionModel(nn.Module):
         self.decoder: Decoder = decoder
 
         self._lookup: _LogSnrLookup | None = None
+        # id -> (tensor, index) of the tensors made by step_tensors() (holding the tensor keeps
+        # its id from being reused); a dict, so updating it skips nn.Module.__setattr__
+        self._step_tensors: dict[int, tuple[torch.Tensor, int]] = {}
         self._set_tables(schedule.alphas_cumprod)
         if isinstance(schedule, LearnableSchedule):
             self.register_load_state_dict_post_hook(lambda module, keys: module.refresh_schedule())
@@ -105,6 +126,14 @@ class DiffusionModel(nn.Module):
         buf("posterior_variance", posterior_variance)
         # the floor of clipped log-variances: beta~ of index 1 (a Python float: no device sync)
         self.variance_floor = float(posterior_variance[min(1, abar.numel() - 1)].clamp(min=1e-20))
+        # Host copies for sampling loops, made once per schedule: abar_t as float64 Python
+        # numbers (per-step coefficients keep float64 precision without float64 work on the
+        # device), and sqrt(abar_t), sqrt(1 - abar_t) as 0-dim CPU tensors, which every device
+        # takes as plain scalars: a step of one index needs no gather and no (B, 1, ...) column.
+        abar_cpu = abar.cpu()
+        self._abar_host: list[float] = abar_cpu.tolist()
+        self._alpha_host = abar_cpu.sqrt().to(torch.float32).unbind()
+        self._sigma_host = (1.0 - abar_cpu).sqrt().to(torch.float32).unbind()
 
     @torch.no_grad()
     def refresh_schedule(self) -> None:
@@ -121,12 +150,38 @@ class DiffusionModel(nn.Module):
 
     # -- forward process ---------------------------------------------------------------------
 
+    def step_tensors(self, indices: list[int], batch: int) -> list[torch.Tensor]:
+        """One ``(batch,)`` tensor per training index of a sampling chain, made in one go.
+
+        Each is a read-only broadcast view holding one index. The model remembers them (until
+        the next call): :meth:`alpha_sigma` answers these very tensor objects from host
+        scalars, so a sampling step pays for no gather and no broadcast column.
+        """
+        device = self.alphas_cumprod.device
+        table = torch.tensor(indices, dtype=torch.long).to(device)[:, None]
+        tensors = list(table.expand(len(indices), batch).unbind())
+        self._step_tensors.clear()
+        self._step_tensors.update(
+            (id(t), (t, index)) for t, index in zip(tensors, indices, strict=True)
+        )
+        return tensors
+
+    def abar_host(self, index: int) -> float:
+        """abar at a training ``index`` as a float64 Python number; abar_{-1} = 1 (x_0)."""
+        return 1.0 if index < 0 else self._abar_host[index]
+
     def alpha_sigma(self, t: torch.Tensor, ndim: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(sqrt(abar_t), sqrt(1 - abar_t))`` shaped to broadcast against ``ndim`` dims."""
+        """``(sqrt(abar_t), sqrt(1 - abar_t))`` shaped to broadcast against ``ndim`` dims.
+
+        For a tensor made by :meth:`step_tensors` both are 0-dim CPU tensors (scalars).
+        """
         if self._lookup is not None:
             abar = self._lookup.abar(t)
             dtype = self.alphas_cumprod.dtype
             return column(abar.sqrt().to(dtype), ndim), column((1.0 - abar).sqrt().to(dtype), ndim)
+        known = self._step_tensors.get(id(t))
+        if known is not None and known[0] is t:
+            return self._alpha_host[known[1]], self._sigma_host[known[1]]
         alpha = broadcast(self.sqrt_alphas_cumprod, t, ndim)
         sigma = broadcast(self.sqrt_one_minus_alphas_cumprod, t, ndim)
         return alpha, sigma
@@ -155,9 +210,13 @@ class DiffusionModel(nn.Module):
         The forward and posterior variances of a step from index ``t`` down to ``s`` (Ho et al.
         eq. 7 for s = t - 1; Song et al. 2021 eq. 7 for any s < t), each ``(B,)``.
         """
-        abar_t, abar_s = self.abar_at(t), self.abar_at(s)
-        beta = 1.0 - abar_t / abar_s
-        return beta, (1.0 - abar_s) / (1.0 - abar_t) * beta
+        return step_variance_formula(self.abar_at(t), self.abar_at(s))
+
+    def step_log_variances_host(self, t: int, s: int) -> tuple[float, float]:
+        """:meth:`step_log_variances` for one step of indices, as float64 Python numbers."""
+        beta, beta_tilde = step_variance_formula(self.abar_host(t), self.abar_host(s))
+        floor = self.variance_floor
+        return math.log(max(beta, floor)), math.log(beta_tilde if s >= 0 else floor)
 
     def step_log_variances(
         self, t: torch.Tensor, s: torch.Tensor
@@ -190,10 +249,8 @@ class DiffusionModel(nn.Module):
         self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, s: torch.Tensor
     ) -> torch.Tensor:
         """mu~ of q(x_s | x_t, x_0) alone (the mean of :meth:`q_posterior`)."""
-        abar_t, abar_s = self.abar_at(t), self.abar_at(s)
-        beta = self.step_variances(t, s)[0]
-        coef_x0 = (abar_s.sqrt() * beta / (1.0 - abar_t)).to(x_t.dtype)
-        coef_xt = ((abar_t / abar_s).sqrt() * (1.0 - abar_s) / (1.0 - abar_t)).to(x_t.dtype)
+        coef_x0, coef_xt = posterior_mean_coefficients(self.abar_at(t), self.abar_at(s))
+        coef_x0, coef_xt = coef_x0.to(x_t.dtype), coef_xt.to(x_t.dtype)
         return column(coef_x0, x_t.ndim) * x0 + column(coef_xt, x_t.ndim) * x_t
 
     # -- reverse process ---------------------------------------------------------------------
@@ -318,13 +375,15 @@ class DiffusionModel(nn.Module):
         weighting: LossWeighting | None = None,
         vlb_weight: float = 0.0,
         generator: torch.Generator | None = None,
+        correction: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """L_simple (Ho et al. eq. 14, Algorithm 1), weighted, plus lambda L_vlb (hybrid).
 
         With ``vlb_weight`` lambda > 0 this is L_hybrid = L_simple + lambda L_vlb of Nichol &
         Dhariwal (2021, section 3.1): L_vlb = T L_t in bits per dimension, with the mean's
         gradient stopped so that the VLB term only trains the variance. ``t`` and ``eps``
-        default to fresh draws from ``generator``; returns the batch mean.
+        default to fresh draws from ``generator``; ``correction`` (default 1) multiplies each
+        example's loss, as the weighting's ``sample_t`` returns it; returns the batch mean.
         """
         if isinstance(self.schedule, LearnableSchedule):
             if weighting is not None or vlb_weight > 0:
@@ -334,14 +393,13 @@ class DiffusionModel(nn.Module):
                 )
             return self.vlb_loss(x0, cond, t=t, eps=eps, generator=generator)
         batch, channels = x0.shape[0], x0.shape[1]
-        correction = torch.ones(batch)
         # Algorithm 1, line 3: t ~ Uniform({1, ..., T}) (indices 0..T-1), or the weighting's law
         if t is None:
             if weighting is not None:
                 t, correction = weighting.sample_t(batch, self, generator)
             else:
                 t = torch.randint(0, self.T, (batch,), generator=generator)
-        t, correction = t.to(x0.device), correction.to(x0.device)
+        t = t.to(x0.device)
         # line 4: eps ~ N(0, I)
         if eps is None:
             eps = randn_like(x0, generator)
@@ -361,7 +419,7 @@ class DiffusionModel(nn.Module):
             error = error + vlb_weight * self.T * self.bits_per_dim(term, x0)
         if weighting is not None and weighting.observes:
             weighting.observe(t.cpu(), error.detach().cpu())
-        return (error * correction).mean()
+        return error.mean() if correction is None else (error * correction.to(x0.device)).mean()
 
     def vlb_loss(
         self,
@@ -480,14 +538,14 @@ def x0_from_eps(
     x_t: torch.Tensor, eps: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor
 ) -> torch.Tensor:
     """x_0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)  (Ho et al. eq. 4 solved for x_0)."""
-    return (x_t - sigma * eps) / alpha
+    return torch.addcmul(x_t, sigma, eps, value=-1.0).div_(alpha)
 
 
 def eps_from_x0(
     x_t: torch.Tensor, x0: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor
 ) -> torch.Tensor:
     """eps = (x_t - sqrt(abar_t) x_0) / sqrt(1 - abar_t)  (Ho et al. eq. 4 solved for eps)."""
-    return (x_t - alpha * x0) / sigma
+    return torch.addcmul(x_t, alpha, x0, value=-1.0).div_(sigma)
 
 
 def guided_predict(

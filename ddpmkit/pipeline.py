@@ -14,9 +14,11 @@ import attrs
 import torch
 from tqdm.auto import tqdm
 
-from ddpmkit import plugin_policy, registry
+from ddpmkit import distributed, plugin_policy, registry
+from ddpmkit.accel import autocast
 from ddpmkit.checkpoint import load_checkpoint
 from ddpmkit.config import ComponentConfig, PipelineConfig, config_to_dict
+from ddpmkit.distributed import DistContext
 from ddpmkit.errors import ConfigError, DdpmkitError
 from ddpmkit.evaluate import (
     attribute_adherence,
@@ -306,13 +308,24 @@ class Pipeline:
     # -- running -----------------------------------------------------------------------------
 
     def run(
-        self, *, resume: Path | None = None, progress: bool = True, overwrite: bool = False
+        self,
+        *,
+        resume: Path | None = None,
+        progress: bool = True,
+        overwrite: bool = False,
+        dist: DistContext | None = None,
     ) -> Path:
         """Run the stages into a fresh run folder (or continue ``resume``; or, with
-        ``overwrite``, replace the run folder of this name); returns the folder."""
+        ``overwrite``, replace the run folder of this name); returns the folder.
+
+        Under ``torchrun`` (``dist``) rank 0 runs this and the other ranks :meth:`run_worker`.
+        """
+        if dist is not None and not dist.is_main:
+            return self.run_worker(resume=resume, dist=dist)
         directory = (
             resume if resume is not None else new_run_directory(self.config, overwrite=overwrite)
         )
+        distributed.broadcast_object(str(directory), dist)
         resolved = self.resolved_config()
         info = RunInfo(directory=directory, config=resolved, seed=self.config.seed)
         if resume is None:
@@ -340,6 +353,7 @@ class Pipeline:
                     objective=self.objective,
                     condition_dropout=self.config.train.condition_dropout,
                     progress=progress,
+                    dist=dist,
                 )
                 if resume is not None:
                     trainer.resume()
@@ -360,6 +374,27 @@ class Pipeline:
             raise
         finally:
             hook.ddpmkit_run_end(run=info, status=status)
+        return directory
+
+    def run_worker(self, *, resume: Path | None, dist: DistContext) -> Path:
+        """A rank other than 0: train its shard of every batch in step with rank 0, which
+        alone writes the run folder, calls the hooks, samples and evaluates."""
+        directory = Path(distributed.broadcast_object(None, dist))
+        if self.config.train is not None:
+            trainer = Trainer(
+                self.model,
+                self.dataset,
+                self.config.train,
+                seed=self.config.seed,
+                checkpoint_dir=directory / "checkpoints",
+                weighting=self.weighting,
+                objective=self.objective,
+                progress=False,
+                dist=dist,
+            )
+            if resume is not None:
+                trainer.resume()
+            trainer.train()
         return directory
 
     def fit_variance(self, model: DiffusionModel) -> None:
@@ -392,8 +427,8 @@ class Pipeline:
             if raw is not None:
                 with torch.no_grad():
                     cond = model.encode(raw[start : start + n].to(self.device))
-            chunks.append(
-                self.sampler.sample(
+            with autocast(self.device, cfg.precision):
+                sample = self.sampler.sample(
                     model,
                     shape,
                     cond=cond,
@@ -401,7 +436,7 @@ class Pipeline:
                     callback=bar,
                     guidance=self.guidance,
                 )
-            )
+            chunks.append(sample.float())
             bar.close()
         return torch.cat([c.cpu() for c in chunks])
 

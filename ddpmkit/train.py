@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 import signal
 import threading
@@ -15,6 +16,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ddpmkit import distributed
+from ddpmkit.accel import autocast, channels_last, grad_scaler, prepare_for_training
 from ddpmkit.checkpoint import (
     checkpoint_path,
     list_checkpoints,
@@ -23,9 +26,16 @@ from ddpmkit.checkpoint import (
     save_checkpoint,
 )
 from ddpmkit.config import TrainConfig
-from ddpmkit.errors import DdpmkitError
+from ddpmkit.distributed import DistContext
+from ddpmkit.errors import ConfigError, DdpmkitError
 from ddpmkit.fingerprint import check_resume_fits
-from ddpmkit.interfaces import Conditioning, Dataset, LossWeighting, TrainingObjective
+from ddpmkit.interfaces import (
+    Conditioning,
+    Dataset,
+    LearnableSchedule,
+    LossWeighting,
+    TrainingObjective,
+)
 from ddpmkit.model import DiffusionModel
 
 
@@ -48,12 +58,19 @@ class EMA:
     def update(self, module: nn.Module) -> None:
         """shadow <- d * shadow + (1 - d) * current, for floating tensors; copy the rest."""
         d = self.current_decay()
+        floats: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
         for key, value in module.state_dict().items():
             shadow = self.shadow[key]
-            if shadow.is_floating_point():
-                shadow.lerp_(value.detach(), 1.0 - d)
+            if shadow.is_floating_point() and shadow.dtype == value.dtype:
+                floats[0].append(shadow)
+                floats[1].append(value.detach())
+            elif shadow.is_floating_point():
+                shadow.lerp_(value.detach().to(shadow.dtype), 1.0 - d)
             else:
                 shadow.copy_(value)
+        if floats[0]:
+            # one fused kernel per device and dtype instead of one per tensor
+            torch._foreach_lerp_(floats[0], floats[1], 1.0 - d)
         self.updates += 1
 
     def copy_to(self, module: nn.Module) -> None:
@@ -93,12 +110,47 @@ MetricsCallback = Callable[[int, dict[str, Any]], None]
 CheckpointCallback = Callable[[int, Path], None]
 
 
+class _Loss(nn.Module):
+    """The model's training loss as a module's forward, so DDP can wrap it: DDP synchronises
+    the gradients of whatever its module's forward computed, here every model parameter."""
+
+    def __init__(self, model: DiffusionModel, config: TrainConfig, weighting: Any) -> None:
+        super().__init__()
+        self.model = model
+        self.vlb_weight = config.vlb_weight
+        self.weighting = weighting
+
+    def forward(
+        self,
+        x0: torch.Tensor,
+        t: torch.Tensor,
+        eps: torch.Tensor,
+        correction: torch.Tensor | None,
+        cond: Conditioning | None = None,
+    ) -> torch.Tensor:
+        """The batch mean of the loss at the given indices and noise."""
+        return self.model.loss(
+            x0,
+            cond,
+            t=t,
+            eps=eps,
+            correction=correction,
+            weighting=self.weighting,
+            vlb_weight=self.vlb_weight,
+        )
+
+
 class Trainer:
     """Trains a :class:`DiffusionModel` on a :class:`Dataset` with L_simple.
 
     ``train()`` runs from the current step to ``config.steps``; with a ``checkpoint_dir`` it
     saves every ``checkpoint_every`` steps and at the end, and :meth:`resume` restores the
-    weights, EMA, optimizer and random state from the newest checkpoint there.
+    weights, EMA, optimizer, gradient scaler and random state from the newest checkpoint there.
+
+    With a :class:`~ddpmkit.distributed.DistContext` each rank computes the loss on its shard
+    of every global batch inside ``DistributedDataParallel``; the indices t and the noise are
+    drawn for the whole global batch on every rank (one generator, one seed), so the ranks
+    together see exactly the examples, t and noise of one process with the same batch size.
     """
 
     def __init__(
@@ -116,6 +168,7 @@ class Trainer:
         objective: TrainingObjective | None = None,
         condition_dropout: float = 0.0,
         progress: bool = True,
+        dist: DistContext | None = None,
     ) -> None:
         self.model = model
         self.dataset = dataset
@@ -138,25 +191,88 @@ class Trainer:
         )
         self.ema = EMA(model, config.ema_decay, config.ema_warmup)
         self.noise = torch.Generator().manual_seed(seed + 1)
+        # on a GPU the Gaussian noise is drawn there: no host draw and copy every step
+        self.eps_noise = (
+            self.noise
+            if self.device.type == "cpu"
+            else torch.Generator(self.device).manual_seed(seed + 2)
+        )
         if objective is not None:
+            if config.precision != "fp32":
+                raise ConfigError(
+                    "train.precision: a train.objective trains in fp32 (it runs its own "
+                    "networks and updates); remove train.precision"
+                )
             objective.setup(model, tuple(dataset.shape))
+        # the model's own draws: a learnable schedule's bound stratifies t itself
+        self._own_draws = objective is not None or isinstance(model.schedule, LearnableSchedule)
+        if dist is not None and self._own_draws:
+            raise ConfigError(
+                "train: a train.objective or a learnable schedule is not supported in "
+                "multi-process training yet"
+            )
         self.step = 0
+        self.dist = dist
+        self.shard = dist.shard(config.batch_size) if dist else slice(0, config.batch_size)
+        if dist is not None and weighting is not None and weighting.observes:
+            raise ConfigError(
+                "train.weighting: a weighting that learns from the losses it observes "
+                "(importance sampling) is not supported in multi-process training yet"
+            )
+        prepare_for_training(model, config)
+        self._nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
+        self.scaler = grad_scaler(self.device, config.precision)
+        self.replica_digests: list[str] | None = None
+        self._loss = _Loss(model, config, weighting)
+        self._forward: nn.Module = self._loss
+        if dist is not None:
+            from torch.nn.parallel import DistributedDataParallel
+
+            # no batch statistics: the parameters are all the ranks must share
+            params = inspect.signature(DistributedDataParallel).parameters
+            no_buffer_sync: dict[str, Any] = (
+                {"forward_sync_buffers": False}
+                if "forward_sync_buffers" in params
+                else {"broadcast_buffers": False}
+            )
+            self._forward = DistributedDataParallel(
+                self._loss,
+                device_ids=[self.device] if self.device.type == "cuda" else None,
+                **no_buffer_sync,
+            )
 
     # -- the loop ----------------------------------------------------------------------------
 
     def batches(self) -> Iterator[tuple[torch.Tensor, Any]]:
-        """Training images for each remaining step, on the model's device, and their raw
-        conditions (``None`` for an unconditional model)."""
+        """Training images for each remaining step (this rank's shard), on the model's device,
+        and their raw conditions (``None`` for an unconditional model)."""
         conditioner = self.model.conditioner
         for step in range(self.step, self.config.steps):
             indices = batch_indices(len(self.dataset), self.config.batch_size, step, self.seed)
-            batch = self.dataset.batch(indices)
+            batch = self.dataset.batch(indices[self.shard])
             raw = conditioner.raw_from_batch(batch) if conditioner is not None else None
-            yield batch.images.to(self.device, non_blocking=True), raw
+            images = batch.images.to(self.device, non_blocking=True)
+            yield (channels_last(images) if self.config.channels_last else images), raw
 
-    def condition(self, raw: Any, batch_size: int) -> Conditioning | None:
+    def draw(self, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Algorithm 1, lines 3-4, for the global batch: ``(t, eps, correction)`` of this
+        rank's shard. Every rank draws the same numbers, in the order ``model.loss`` would."""
+        batch = self.config.batch_size
+        if self.weighting is not None:
+            t, correction = self.weighting.sample_t(batch, self.model, self.noise)
+        else:
+            t = torch.randint(0, self.model.T, (batch,), generator=self.noise)
+            correction = None
+        gen = self.eps_noise
+        eps = torch.randn((batch, *x0.shape[1:]), generator=gen, device=gen.device, dtype=x0.dtype)
+        eps = eps[self.shard].to(self.device)
+        eps = channels_last(eps) if self.config.channels_last else eps
+        return t[self.shard], eps, None if correction is None else correction[self.shard]
+
+    def condition(self, raw: Any) -> Conditioning | None:
         """Encode ``raw`` and replace each example's condition by the null one with
-        probability ``condition_dropout`` (Ho & Salimans 2021, Algorithm 1)."""
+        probability ``condition_dropout`` (Ho & Salimans 2021, Algorithm 1); the coin flips
+        are drawn for the global batch, like t and eps, and this rank keeps its shard."""
         conditioner = self.model.conditioner
         if conditioner is None or raw is None:
             return None
@@ -164,36 +280,63 @@ class Trainer:
         assert cond is not None
         if self.condition_dropout <= 0:
             return cond
-        drop = torch.rand(batch_size, generator=self.noise) < self.condition_dropout
-        return cond.where(drop, conditioner.null(batch_size, self.device))
+        coins = torch.rand(self.config.batch_size, generator=self.noise)[self.shard]
+        drop = (coins < self.condition_dropout).to(self.device)
+        return cond.where(drop, conditioner.null(int(drop.numel()), self.device))
 
-    def train_step(self, x0: torch.Tensor, raw: Any = None) -> float:
-        """One step of Algorithm 1 (lines 2-5) plus the EMA update; returns the loss."""
+    def step_loss(self, x0: torch.Tensor, raw: Any = None) -> torch.Tensor:
+        """One step of Algorithm 1 (lines 2-5) plus the EMA update; returns the loss as a
+        tensor on the device (reading it would wait for the device: the loop does so only
+        when it logs)."""
         for group in self.optimizer.param_groups:
             group["lr"] = self.config.lr * lr_factor(self.step, self.config)
         if self.objective is not None:
-            loss = self.objective.loss(self.model, x0, self.noise)
+            loss: torch.Tensor = self.objective.loss(self.model, x0, self.noise)
+        elif self._own_draws:
+            with autocast(self.device, self.config.precision):
+                loss = self.model.loss(x0, self.condition(raw), generator=self.noise)
         else:
-            loss = self.model.loss(
-                x0,
-                self.condition(raw, x0.shape[0]),
-                generator=self.noise,
-                weighting=self.weighting,
-                vlb_weight=self.config.vlb_weight,
-            )
-        if not torch.isfinite(loss):
-            raise self.diverged(f"loss is {loss.item()}")
+            t, eps, correction = self.draw(x0)
+            cond = self.condition(raw)
+            with autocast(self.device, self.config.precision):
+                loss = self._forward(x0, t, eps, correction, cond)
+        self._check_finite(loss, "loss")
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            loss.backward()
         if self.config.grad_clip > 0:
             norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
-            if not torch.isfinite(norm):  # stop before the step spreads it into the weights
-                raise self.diverged(f"gradient norm is {norm.item()}")
-        self.optimizer.step()
+            if self.scaler is None:  # fp16's scaler skips steps with overflowed gradients
+                self._check_finite(norm, "gradient norm")  # before the step spreads it
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)  # skipped when the scaled gradients overflowed
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         self.model.refresh_schedule()
         self.ema.update(self.model)
         self.step += 1
-        return loss.item()
+        return loss.detach()
+
+    def _check_finite(self, value: torch.Tensor, what: str) -> None:
+        """Stop at once when ``value`` is not finite. Reading it waits for the device, so on a
+        GPU the check is folded into a flag read at the next log or checkpoint instead (and
+        :meth:`save` refuses non-finite weights either way)."""
+        if self.device.type == "cpu":
+            if not torch.isfinite(value):
+                raise self.diverged(f"{what} is {value.item()}")
+        else:
+            self._nonfinite |= ~torch.isfinite(value.detach())
+
+    def train_step(self, x0: torch.Tensor, raw: Any = None) -> float:
+        """:meth:`step_loss`, with the loss read back as a number (checked to be finite)."""
+        loss = self.step_loss(x0, raw).item()
+        if not math.isfinite(loss):
+            raise self.diverged(f"loss is {loss}")
+        return loss
 
     def train(self) -> None:
         """Run the remaining steps with a progress bar (step, loss, it/s, ETA)."""
@@ -208,23 +351,29 @@ class Trainer:
             dynamic_ncols=True,
             mininterval=0.5,
         )
-        window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+        window_loss = torch.zeros((), device=self.device)
+        window_steps, window_start = 0, time.perf_counter()
         stop = _StopRequest()
         try:
             for x0, raw in self.batches():
-                if stop.requested:
+                if self._stop_agreed(stop):
                     # Ctrl-C or SIGTERM between two steps: the state is whole, keep it
                     self.save()
                     raise KeyboardInterrupt(f"stopped at step {self.step}; checkpoint saved")
-                loss = self.train_step(x0, raw)
-                window_loss += loss
+                # the loss stays on the device: no host sync per step
+                window_loss += self.step_loss(x0, raw).float()
                 window_steps += 1
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                logs = self.step % cfg.log_every == 0 or self.step == cfg.steps
+                every = cfg.checkpoint_every
+                saves = bool(every) and self.step % every == 0 and self.step < cfg.steps
+                if logs or saves:
+                    loss = self._window_mean(window_loss, window_steps)
+                if logs:
                     elapsed = time.perf_counter() - window_start
+                    bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
                     metrics = {
-                        "loss": window_loss / window_steps,
+                        "loss": loss,
                         "lr": self.optimizer.param_groups[0]["lr"],
                         "it_per_s": window_steps / max(elapsed, 1e-9),
                     }
@@ -232,14 +381,48 @@ class Trainer:
                         metrics.update(self.objective.metrics())
                     if self.on_metrics is not None:
                         self.on_metrics(self.step, metrics)
-                    window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
-                every = cfg.checkpoint_every
-                if every and self.step % every == 0 and self.step < cfg.steps:
+                    window_loss = torch.zeros((), device=self.device)
+                    window_steps, window_start = 0, time.perf_counter()
+                if saves:
                     self.save()
         finally:
             stop.restore()
             bar.close()
+        if self.dist is not None:
+            self.replica_digests = self.check_replicas()
         self.save()
+
+    def _window_mean(self, total: torch.Tensor, steps: int) -> float:
+        """The mean loss since the last log (over all ranks); an error if it, or any loss or
+        gradient norm since (on a GPU, where they are not read every step), is not finite."""
+        mean = total / max(steps, 1)
+        if self.dist is not None:
+            mean = distributed.all_reduce_mean(mean, self.dist)
+        value = float(mean.item())
+        if not math.isfinite(value) or bool(self._nonfinite):
+            raise self.diverged(
+                f"a loss or gradient norm of the {steps} steps up to here is not finite "
+                f"(mean loss {value})"
+            )
+        return value
+
+    def _stop_agreed(self, stop: _StopRequest) -> bool:
+        """Whether to stop now; all ranks agree, checking at log points only (one all-reduce)."""
+        if self.dist is None:
+            return stop.requested
+        if self.step % self.config.log_every:
+            return False
+        return distributed.all_reduce_max(float(stop.requested), self.dist, self.device) > 0
+
+    def check_replicas(self) -> list[str]:
+        """Every rank's digest of its weights and EMA; an error unless all are identical."""
+        assert self.dist is not None
+        state = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        state.update({f"ema.{k}": v for k, v in self.ema.shadow.items()})
+        digests = distributed.all_gather_object(distributed.digest(state), self.dist)
+        if len(set(digests)) != 1:
+            raise DdpmkitError(f"distributed training: the ranks' weights differ: {digests}")
+        return list(digests)
 
     # -- checkpoints -------------------------------------------------------------------------
 
@@ -265,11 +448,15 @@ class Trainer:
             tensors.update({f"objective.{k}": v for k, v in state.items()})
         tensors["rng.noise"] = self.noise.get_state()
         tensors["rng.torch"] = torch.get_rng_state()
+        if self.device.type == "cuda":
+            tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
+            tensors["rng.eps"] = self.eps_noise.get_state()
         return tensors
 
     def save(self) -> Path | None:
-        """Write a checkpoint for the current step (no-op without a checkpoint folder)."""
-        if self.checkpoint_dir is None:
+        """Write a checkpoint for the current step (no-op without a checkpoint folder, and on
+        every rank but 0)."""
+        if self.checkpoint_dir is None or (self.dist is not None and not self.dist.is_main):
             return None
         if not all(torch.isfinite(p).all() for p in self.model.parameters()):
             raise self.diverged("the weights are not finite (not saved)")
@@ -280,6 +467,12 @@ class Trainer:
             "ema_updates": self.ema.updates,
             "optimizer_param_groups": groups,
         }
+        if self.scaler is not None:
+            metadata["grad_scaler"] = self.scaler.state_dict()
+        if self.dist is not None:
+            metadata["world_size"] = self.dist.world_size
+        if self.replica_digests is not None:
+            metadata["replica_digests"] = self.replica_digests
         path = save_checkpoint(
             checkpoint_path(self.checkpoint_dir, self.step), self.state_tensors(), metadata
         )
@@ -329,8 +522,13 @@ class Trainer:
             self.weighting.load_state_dict(_strip(tensors, "weighting."))
         if self.objective is not None:
             self.objective.load_state_dict(_strip(tensors, "objective."))
+        if self.scaler is not None and "grad_scaler" in meta:
+            self.scaler.load_state_dict(meta["grad_scaler"])
         self.noise.set_state(tensors["rng.noise"])
         torch.set_rng_state(tensors["rng.torch"])
+        if self.device.type == "cuda" and "rng.cuda" in tensors:
+            torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
+            self.eps_noise.set_state(tensors["rng.eps"])
         self.step = int(meta["step"])
 
     def ema_model(self) -> DiffusionModel:

@@ -146,11 +146,10 @@ def test_condition_dropout_replaces_labels_by_the_null(write_pipeline) -> None:
 
     pipeline = Pipeline.build(load_config(write_pipeline(*COND)))
     assert pipeline.config.train is not None
-    trainer = Trainer(
-        pipeline.model, pipeline.dataset, pipeline.config.train, condition_dropout=0.5
-    )
+    config = pipeline.config.train.model_copy(update={"batch_size": 4000})
+    trainer = Trainer(pipeline.model, pipeline.dataset, config, condition_dropout=0.5)
     labels = torch.arange(4000) % 5
-    cond = trainer.condition(labels, 4000)
+    cond = trainer.condition(labels)
     null = pipeline.model.conditioner.null(1, torch.device("cpu")).embedding[0]
     dropped = (cond.embedding == null).all(dim=1)
     # 4000 Bernoulli(0.5) draws: 0.5 +- 0.008 (one standard error)

@@ -75,6 +75,10 @@ class ChainSampler(Sampler):
     def start(self) -> None:
         """Called before each chain: a multistep sampler forgets its history here."""
 
+    def prepare(self, model: DiffusionModel, steps: list[int]) -> None:
+        """Called before each chain with its steps: precompute per-step coefficients here, once,
+        so that :meth:`step` does no scalar work on tensors."""
+
     def sample(
         self,
         model: DiffusionModel,
@@ -90,13 +94,16 @@ class ChainSampler(Sampler):
         device = model.alphas_cumprod.device
         predict = guided_predict(model, guidance)
         steps = self.timesteps(model)
+        self.prepare(model, steps)
         self.start()
-        with torch.no_grad():
+        # inference mode (no autograd bookkeeping at all) unless a guidance may need gradients
+        with torch.inference_mode(guidance is None), torch.no_grad():
             x = randn(shape, generator=generator, device=device) if x_T is None else x_T
             x = x.to(device)
+            t_batches = model.step_tensors(steps, shape[0])
             for i, t in enumerate(steps):
                 t_prev = steps[i + 1] if i + 1 < len(steps) else -1
-                t_batch = torch.full((shape[0],), t, device=device, dtype=torch.long)
+                t_batch = t_batches[i]
                 pred = predict(x, t_batch, cond)
                 pred = self.threshold(model, pred, x, t_batch)
                 x = self.step(model, pred, x, t, t_prev, generator)

@@ -16,6 +16,7 @@ from ddpmkit import (
     SamplerStep,
     column,
     randn_like,
+    step_variance_formula,
     x0_from_eps,
 )
 from ddpmkit_samplers.chain import ChainSampler, ChainSamplerParams
@@ -54,6 +55,24 @@ class DDIMSampler(ChainSampler):
         """S indices chosen by ``spacing``, decreasing."""
         return ddim_timesteps(model.T, self.params.steps, self.params.spacing)
 
+    def prepare(self, model: DiffusionModel, steps: list[int]) -> None:
+        """Eq. 12's three coefficients of every step, from float64 host numbers, once."""
+        self._coefficients: dict[tuple[int, int], tuple[torch.Tensor, ...]] = {}
+        if self.params.variance != "posterior":
+            return  # the model's variance may depend on the network output: per step
+        pairs = list(zip(steps, [*steps[1:], -1], strict=True))
+        rows = []
+        for t, s in pairs:
+            abar_t, abar_prev = model.abar_host(t), model.abar_host(s)
+            # eq. 16: sigma^2 = eta^2 beta~_{t|s}, at most 1 - abar_prev
+            sigma2 = min(
+                self.params.eta**2 * step_variance_formula(abar_t, abar_prev)[1], 1.0 - abar_prev
+            )
+            rows.append((abar_prev**0.5, max(1.0 - abar_prev - sigma2, 0.0) ** 0.5, sigma2**0.5))
+        # one tensor, split into 0-dim CPU tensors (scalars on any device) in three calls
+        columns = [c.unbind() for c in torch.tensor(rows, dtype=torch.float32).T]
+        self._coefficients = dict(zip(pairs, zip(*columns, strict=True), strict=True))
+
     def step(
         self,
         model: DiffusionModel,
@@ -64,6 +83,14 @@ class DDIMSampler(ChainSampler):
         generator: torch.Generator | None,
     ) -> torch.Tensor:
         """Song et al. eq. 12, with sigma_t(eta) from eq. 16."""
+        coefficients = getattr(self, "_coefficients", {}).get((t, t_prev))
+        if coefficients is not None:
+            a, b, sigma = coefficients
+            # eq. 12: "predicted x0" + "direction pointing to x_t" + random noise
+            x_prev = (pred.x0 * a).addcmul_(pred.eps, b)
+            if self.params.eta > 0 and t_prev >= 0:
+                x_prev.addcmul_(randn_like(x_t, generator), sigma)
+            return x_prev
         t_batch = torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)
         s_batch = torch.full_like(t_batch, t_prev)
         # the last step lands on x_0: abar_prev = 1

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from pydantic import Field
 
-from ddpmkit import DiffusionModel, Prediction, randn_like
+from ddpmkit import DiffusionModel, Prediction, posterior_mean_coefficients, randn_like
 from ddpmkit_samplers.chain import ChainSampler, ChainSamplerParams
 from ddpmkit_samplers.spacing import SPACING_HELP, IndexSpacing, ddim_timesteps
 
@@ -47,6 +49,21 @@ class DDPMSampler(ChainSampler):
             return list(range(model.T - 1, -1, -1))
         return ddim_timesteps(model.T, self.params.steps, self.params.spacing, name="ddpm")
 
+    def prepare(self, model: DiffusionModel, steps: list[int]) -> None:
+        """With sigma^2 = beta_{t|s} (no variance component), every step's mean coefficients
+        and sigma, from float64 host numbers, once."""
+        self._coefficients: dict[tuple[int, int], tuple[torch.Tensor, ...]] = {}
+        if model.variance is not None:
+            return  # a variance component may depend on the network output: per step
+        pairs = list(zip(steps, [*steps[1:], -1], strict=True))
+        rows = []
+        for t, s in pairs:
+            coef_x0, coef_xt = posterior_mean_coefficients(model.abar_host(t), model.abar_host(s))
+            rows.append((coef_x0, coef_xt, math.exp(0.5 * model.step_log_variances_host(t, s)[0])))
+        # one tensor, split into 0-dim CPU tensors (scalars on any device) in three calls
+        columns = [c.unbind() for c in torch.tensor(rows, dtype=torch.float32).T]
+        self._coefficients = dict(zip(pairs, zip(*columns, strict=True), strict=True))
+
     def step(
         self,
         model: DiffusionModel,
@@ -57,6 +74,14 @@ class DDPMSampler(ChainSampler):
         generator: torch.Generator | None,
     ) -> torch.Tensor:
         """Algorithm 2, lines 3-4, for the step t -> t_prev of the (respaced) chain."""
+        coefficients = getattr(self, "_coefficients", {}).get((t, t_prev))
+        if coefficients is not None:
+            coef_x0, coef_xt, sigma = coefficients
+            # line 4 with mu_theta = mu~(x_t, x0_hat) (eq. 7, 11); no noise onto x_0 (line 3)
+            mean = (pred.x0 * coef_x0).addcmul_(x_t, coef_xt)
+            if t_prev < 0:
+                return mean
+            return mean.addcmul_(randn_like(x_t, generator), sigma)
         t_batch = torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)
         s_batch = torch.full_like(t_batch, t_prev)
         mean, log_variance = model.p_mean_variance(pred, x_t, t_batch, s_batch)

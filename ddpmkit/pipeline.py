@@ -336,12 +336,9 @@ class Pipeline:
         try:
             model = self.model
             if self.config.train is not None:
-                trainer = Trainer(
-                    self.model,
-                    self.dataset,
-                    self.config.train,
-                    seed=self.config.seed,
-                    checkpoint_dir=directory / "checkpoints",
+                trainer = self.trainer(
+                    directory,
+                    dist,
                     checkpoint_metadata={"config": resolved, "config_hash": config_hash(resolved)},
                     on_metrics=lambda step, m: hook.ddpmkit_train_metrics(
                         run=info, step=step, metrics=m
@@ -349,11 +346,7 @@ class Pipeline:
                     on_checkpoint=lambda step, path: hook.ddpmkit_checkpoint_saved(
                         run=info, step=step, path=path
                     ),
-                    weighting=self.weighting,
-                    objective=self.objective,
-                    condition_dropout=self.config.train.condition_dropout,
                     progress=progress,
-                    dist=dist,
                 )
                 if resume is not None:
                     trainer.resume()
@@ -376,22 +369,30 @@ class Pipeline:
             hook.ddpmkit_run_end(run=info, status=status)
         return directory
 
+    def trainer(self, directory: Path, dist: DistContext | None, **extra: Any) -> Trainer:
+        """The ``[train]`` stage's trainer, checkpointing into ``directory``; ``extra`` are
+        the rank-0-only arguments (metadata, hooks, progress)."""
+        train = self.config.train
+        assert train is not None
+        return Trainer(
+            self.model,
+            self.dataset,
+            train,
+            seed=self.config.seed,
+            checkpoint_dir=directory / "checkpoints",
+            weighting=self.weighting,
+            objective=self.objective,
+            condition_dropout=train.condition_dropout,
+            dist=dist,
+            **extra,
+        )
+
     def run_worker(self, *, resume: Path | None, dist: DistContext) -> Path:
         """A rank other than 0: train its shard of every batch in step with rank 0, which
         alone writes the run folder, calls the hooks, samples and evaluates."""
         directory = Path(distributed.broadcast_object(None, dist))
         if self.config.train is not None:
-            trainer = Trainer(
-                self.model,
-                self.dataset,
-                self.config.train,
-                seed=self.config.seed,
-                checkpoint_dir=directory / "checkpoints",
-                weighting=self.weighting,
-                objective=self.objective,
-                progress=False,
-                dist=dist,
-            )
+            trainer = self.trainer(directory, dist, progress=False)
             if resume is not None:
                 trainer.resume()
             trainer.train()

@@ -50,16 +50,29 @@ name = "ddp"
 """
 
 
-def test_two_gloo_ranks_equal_one_process_with_the_same_global_batch(tmp_path: Path) -> None:
+CONDITIONAL = (
+    ("[denoiser]", '[conditioner]\ntype = "class"\nnum_classes = 5\nembed_dim = 4\n\n[denoiser]'),
+    ("[train]\n", "[train]\ncondition_dropout = 0.5\n"),
+)
+
+
+@pytest.mark.parametrize("conditional", [False, True], ids=["unconditional", "class"])
+def test_two_gloo_ranks_equal_one_process_with_the_same_global_batch(
+    tmp_path: Path, conditional: bool
+) -> None:
     """``ddpmkit run --nproc 2`` (torchrun, gloo, 2 CPU ranks, 2 examples each) against one
     process with batch 4: the ranks draw the same t and noise for the global batch and each
     keeps its half, so both runs see identical examples, t and noise; only the order in which
     the gradient mean is summed differs (float32 re-association, relative ~1e-7). Adam turns
     that into weight differences far below lr: measured 8e-7 after 4 steps of lr = 1e-3. A
     wrong shard, or noise that differs between ranks, moves weights by about lr = 1e-3 per
-    step (Adam's first steps have size ~lr whatever the gradient), 100x the tolerance."""
+    step (Adam's first steps have size ~lr whatever the gradient), 100x the tolerance. With a
+    class conditioner the label dropout's coins are drawn for the global batch too."""
     path = tmp_path / "ddp.toml"
-    path.write_text(TRAIN_ONLY.replace("{runs}", str(tmp_path / "runs")))
+    text = TRAIN_ONLY.replace("{runs}", str(tmp_path / "runs"))
+    for old, new in CONDITIONAL if conditional else ():
+        text = text.replace(old, new, 1)
+    path.write_text(text)
     assert main(["run", str(path), "--quiet", "--nproc", "2"]) == 0
     assert main(["run", str(path), "--quiet", "--set", "output.name='single'"]) == 0
     # rank 0 alone wrote: one run folder for the two ranks, one checkpoint

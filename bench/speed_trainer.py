@@ -22,6 +22,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import interleaved, machine
+from speed_sampling import demo_unet
 
 from ddpmkit import Dataset, DiffusionModel, create
 from ddpmkit.config import TrainConfig
@@ -30,19 +31,7 @@ from ddpmkit.train import Trainer, batch_indices
 
 def setups() -> dict[str, tuple[Callable[[], DiffusionModel], Dataset, int]]:
     def unet() -> DiffusionModel:
-        torch.manual_seed(0)
-        net = create(
-            "denoiser",
-            "unet",
-            in_channels=3,
-            base_channels=32,
-            channel_mults=(1, 2, 2),
-            num_res_blocks=1,
-            attention_levels=(2,),
-        )
-        return DiffusionModel(
-            create("schedule", "cosine", timesteps=1000), net, create("parameterization", "eps")
-        )
+        return demo_unet().train()
 
     def mlp() -> DiffusionModel:
         torch.manual_seed(0)

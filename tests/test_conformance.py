@@ -117,7 +117,12 @@ class TestBundledSamplers(SamplerContract):
         "ddim": {"steps": 6},
         "dpm-solver++": {"steps": 6},
         "ddgan": {},
+        # it completes the right half of 8x8 shapes images: 3 channels, images only
+        "inpaint": {"data": {"type": "shapes", "image_size": 8, "num_examples": 8}},
     }
+
+    def shapes_for(self, name: str) -> tuple[tuple[int, ...], ...]:
+        return ((3, 3, 8, 8),) if name == "inpaint" else self.shapes
 
     def model_for(
         self, name: str, parameterization: str = "eps", shape: tuple[int, ...] = (1, 2)

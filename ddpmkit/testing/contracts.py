@@ -212,20 +212,25 @@ class SamplerContract(ComponentContract):
         that needs a particular denoiser; the same arguments must give the same model."""
         return reference_model(parameterization, channels=shape[1])
 
+    def shapes_for(self, name: str) -> tuple[tuple[int, ...], ...]:
+        """The batch shapes sampled with ``name`` (default: :attr:`shapes`). Override for a
+        sampler that only makes some shapes (one that completes a data set's images)."""
+        return self.shapes
+
     def _sample(self, sampler: Sampler, model: Any, shape: tuple[int, ...], **kw: Any) -> Any:
         sampler.check(model)
         return sampler.sample(model, shape, generator=_seeded(kw.pop("seed", 0)), **kw)
 
     def test_shapes_and_finite(self, component_name: str, tmp_path: Path) -> None:
         sampler = self.build(component_name, tmp_path)
-        for shape in self.shapes:
+        for shape in self.shapes_for(component_name):
             x = self._sample(sampler, self.model_for(component_name, shape=shape), shape)
             assert x.shape == shape and x.dtype == torch.float32
             assert bool(torch.isfinite(x).all())
 
     def test_seeded_determinism(self, component_name: str, tmp_path: Path) -> None:
         sampler = self.build(component_name, tmp_path)
-        shape = self.shapes[0]
+        shape = self.shapes_for(component_name)[0]
         model = self.model_for(component_name, shape=shape)
         a = self._sample(sampler, model, shape, seed=1)
         b = self._sample(sampler, model, shape, seed=1)
@@ -237,7 +242,7 @@ class SamplerContract(ComponentContract):
         self, component_name: str, tmp_path: Path
     ) -> None:
         sampler = self.build(component_name, tmp_path)
-        shape = self.shapes[0]
+        shape = self.shapes_for(component_name)[0]
         results = {
             name: self._sample(sampler, self.model_for(component_name, name, shape), shape)
             for name in registry.names("parameterization")
@@ -253,7 +258,7 @@ class SamplerContract(ComponentContract):
 
     def test_guidance_is_honoured(self, component_name: str, tmp_path: Path) -> None:
         sampler = self.build(component_name, tmp_path)
-        shape = self.shapes[0]
+        shape = self.shapes_for(component_name)[0]
         model = self.model_for(component_name, shape=shape)
         plain = self._sample(sampler, model, shape)
         identity = IdentityGuidance()
@@ -268,18 +273,18 @@ class SamplerContract(ComponentContract):
     def test_callback_reports_each_step(self, component_name: str, tmp_path: Path) -> None:
         sampler = self.build(component_name, tmp_path)
         steps: list[SamplerStep] = []
-        model = self.model_for(component_name, shape=self.shapes[0])
-        x = self._sample(sampler, model, self.shapes[0], callback=steps.append)
+        model = self.model_for(component_name, shape=self.shapes_for(component_name)[0])
+        x = self._sample(sampler, model, self.shapes_for(component_name)[0], callback=steps.append)
         assert steps, "the callback was never called"
         assert [s.index for s in steps] == list(range(steps[0].total))
         assert torch.equal(steps[-1].x, x)
 
     def test_runs_under_inference_mode(self, component_name: str, tmp_path: Path) -> None:
         sampler = self.build(component_name, tmp_path)
-        model = self.model_for(component_name, shape=self.shapes[0])
+        model = self.model_for(component_name, shape=self.shapes_for(component_name)[0])
         with torch.inference_mode():
-            x = self._sample(sampler, model, self.shapes[0])
-        assert torch.equal(x, self._sample(sampler, model, self.shapes[0]))
+            x = self._sample(sampler, model, self.shapes_for(component_name)[0])
+        assert torch.equal(x, self._sample(sampler, model, self.shapes_for(component_name)[0]))
 
 
 def _refused(kind: str, name: str) -> bool:

@@ -1,9 +1,10 @@
-"""Bundled conditioning and guidance: the ``class`` conditioner and ``classifier-free``
-guidance (Ho & Salimans 2021)."""
+"""Bundled conditioning and guidance: the ``class`` conditioner, ``classifier-free`` guidance
+(Ho & Salimans 2021) and training-free ``inpaint``-ing (RePaint, Lugmayr et al. 2022)."""
 
 from ddpmkit_conditioning.cfg import ClassifierFreeGuidance
+from ddpmkit_conditioning.inpaint import InpaintSampler, region_mask
 from ddpmkit_conditioning.labels import ClassConditioner
 
 DDPMKIT_PLUGIN_API = "1.0"
 
-__all__ = ["ClassConditioner", "ClassifierFreeGuidance"]
+__all__ = ["ClassConditioner", "ClassifierFreeGuidance", "InpaintSampler", "region_mask"]

@@ -44,6 +44,15 @@ def coverage(shape: str, x: np.ndarray, y: np.ndarray, half: float) -> np.ndarra
     raise ValueError(f"unknown shape {shape!r}; shapes are: {', '.join(SHAPES)}")
 
 
+def coverage_image(shape: str, cx: float, cy: float, half: float, size: int) -> np.ndarray:
+    """Anti-aliased coverage ``(size, size)`` in [0, 1]: the shape drawn at ``SUPERSAMPLE``
+    times the resolution and area-averaged down."""
+    fine = size * SUPERSAMPLE
+    coords = (np.arange(fine, dtype=np.float64) + 0.5) / fine
+    inside = coverage(shape, coords[None, :] - cx, coords[:, None] - cy, half)
+    return np.asarray(inside.reshape(size, SUPERSAMPLE, size, SUPERSAMPLE).mean(axis=(1, 3)))
+
+
 def render(
     shape: str, color: ColorName, cx: float, cy: float, half: float, size: int
 ) -> np.ndarray:
@@ -52,10 +61,7 @@ def render(
     The shape is drawn at ``SUPERSAMPLE`` times the resolution and area-averaged down, which
     anti-aliases its edges.
     """
-    fine = size * SUPERSAMPLE
-    coords = (np.arange(fine, dtype=np.float64) + 0.5) / fine
-    inside = coverage(shape, coords[None, :] - cx, coords[:, None] - cy, half)
-    alpha = inside.reshape(size, SUPERSAMPLE, size, SUPERSAMPLE).mean(axis=(1, 3))
+    alpha = coverage_image(shape, cx, cy, half, size)
     back = np.asarray(BACKGROUND, dtype=np.float64)[:, None, None]
     front = np.asarray(COLORS[color], dtype=np.float64)[:, None, None]
     pixels = back + alpha[None] * (front - back)

@@ -6,7 +6,7 @@ import attrs
 import numpy as np
 import torch
 
-from ddpmkit_datasets._render import BACKGROUND, COLORS, SHAPES, SUPERSAMPLE, coverage
+from ddpmkit_datasets._render import BACKGROUND, COLORS, SHAPES, coverage, coverage_image
 
 MIN_COVERAGE = 0.02
 """A reading needs at least this fraction of the image in the foreground."""
@@ -68,7 +68,7 @@ def read_shape(image: torch.Tensor) -> ShapeReading:
         half = float(np.sqrt(area / _AREA_PER_HALF_SQUARED[shape]))
         ox, oy = _CENTROID_OFFSET[shape]
         centre = (cx - ox * half, cy - oy * half)
-        template = _coverage_image(shape, *centre, half, size)
+        template = coverage_image(shape, *centre, half, size)
         rms = float(np.sqrt(((template - alpha) ** 2).mean() / max(area, 1e-9)))
         if rms < residual:
             best, residual, anchor = shape, rms, centre
@@ -89,14 +89,6 @@ def read_shape(image: torch.Tensor) -> ShapeReading:
 def read_shapes(images: torch.Tensor) -> list[ShapeReading]:
     """:func:`read_shape` for each image of a batch ``(B, 3, S, S)``."""
     return [read_shape(image) for image in images]
-
-
-def _coverage_image(shape: str, cx: float, cy: float, half: float, size: int) -> np.ndarray:
-    """Anti-aliased coverage ``(size, size)`` of a shape, as the renderer draws it."""
-    fine = size * SUPERSAMPLE
-    coords = (np.arange(fine, dtype=np.float64) + 0.5) / fine
-    inside = coverage(shape, coords[None, :] - cx, coords[:, None] - cy, half)
-    return np.asarray(inside.reshape(size, SUPERSAMPLE, size, SUPERSAMPLE).mean(axis=(1, 3)))
 
 
 def _shape_constants() -> tuple[dict[str, float], dict[str, tuple[float, float]]]:

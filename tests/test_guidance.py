@@ -166,3 +166,32 @@ def test_pipeline_refuses_mismatched_classes(write_pipeline, capsys) -> None:
     )
     assert main(["validate", str(path)]) == 2
     assert "conditioner.num_classes = 3 but data 'shapes' has 5 classes" in capsys.readouterr().err
+
+
+def test_eval_adherence_compares_samples_with_their_labels(
+    write_pipeline, tmp_path, monkeypatch
+) -> None:
+    """With samples replaced by data images of the asked shapes, adherence is exactly 1; with
+    images of another shape it is exactly 0 (the wiring labels -> attributes -> reader)."""
+    from ddpmkit.config import load_config
+    from ddpmkit.pipeline import Pipeline
+
+    path = write_pipeline(*COND)
+    path.write_text(
+        path.read_text() + "\n[eval]\nnll = false\nattributes = true\nattributes_samples = 4\n"
+    )
+    pipeline = Pipeline.build(load_config(path))
+    asked = pipeline.sample_conditions(4).tolist()
+    assert asked == [4, 0, 4, 0]
+    labels = pipeline.dataset.batch(list(range(len(pipeline.dataset)))).labels.tolist()
+    first = {y: labels.index(y) for y in set(labels)}
+
+    def images(shapes: list[int]) -> torch.Tensor:
+        return pipeline.dataset.batch([first[y] for y in shapes]).images
+
+    for shown, expected in ((asked, 1.0), ([(y + 1) % 5 for y in asked], 0.0)):
+        monkeypatch.setattr(
+            Pipeline, "draw_samples", lambda self, model, count, seed, progress, s=shown: images(s)
+        )
+        found = pipeline.evaluate(pipeline.model, tmp_path, progress=False)["attributes"]
+        assert found["adherence"] == expected and found["readable_fraction"] == 1.0

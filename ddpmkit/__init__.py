@@ -28,6 +28,7 @@ from ddpmkit.interfaces import (
     SamplerCallback,
     SamplerStep,
     TrainingObjective,
+    caption_words,
 )
 from ddpmkit.model import (
     Decoder,
@@ -80,6 +81,7 @@ __all__ = [
     "TrainingObjective",
     "__version__",
     "broadcast",
+    "caption_words",
     "column",
     "create",
     "eps_from_x0",

@@ -187,9 +187,14 @@ class TestBundledDatasets(DatasetContract):
 
 class TestBundledConditioners(ConditionerContract):
     distribution = BUNDLED
-    params_by_name: ClassVar[dict[str, dict[str, Any]]] = {"class": {"num_classes": 3}}
+    params_by_name: ClassVar[dict[str, dict[str, Any]]] = {
+        "class": {"num_classes": 3},
+        "text": {"vocabulary": ["a", "red", "circle"], "width": 8, "heads": 2},
+    }
 
     def raw_conditions(self, name: str, batch: int) -> Any:
+        if name == "text":
+            return ["", "a red circle", "a blue square"][:batch]  # "" is the null
         return torch.arange(batch) % 3 - (torch.arange(batch) == 0).long()  # -1 is the null
 
 

@@ -192,8 +192,16 @@ class TestBundledConditioners(ConditionerContract):
         "text": {"vocabulary": ["a", "red", "circle"], "width": 8, "heads": 2},
     }
 
+    def params_for(self, name: str, tmp_path: Path) -> dict[str, Any]:
+        if name == "hf-text":
+            pytest.importorskip("transformers")
+            from hf_models import save_tiny_bert
+
+            return {"path": str(save_tiny_bert(tmp_path / "bert")), "max_length": 8}
+        return super().params_for(name, tmp_path)
+
     def raw_conditions(self, name: str, batch: int) -> Any:
-        if name == "text":
+        if name in {"text", "hf-text"}:
             return ["", "a red circle", "a blue square"][:batch]  # "" is the null
         return torch.arange(batch) % 3 - (torch.arange(batch) == 0).long()  # -1 is the null
 

@@ -27,6 +27,8 @@ from ddpmkit.interfaces import (
     Sampler,
     SamplerCallback,
     SamplerStep,
+    Stage,
+    StageContext,
     TrainingObjective,
     caption_words,
 )
@@ -46,6 +48,7 @@ from ddpmkit.model import (
 from ddpmkit.plugin_policy import PLUGIN_API_VERSION
 from ddpmkit.registry import create, register
 from ddpmkit.runinfo import RunInfo
+from ddpmkit.stages import fit_network, load_network
 
 __version__ = "0.1.0"
 
@@ -78,6 +81,8 @@ __all__ = [
     "Sampler",
     "SamplerCallback",
     "SamplerStep",
+    "Stage",
+    "StageContext",
     "TrainingObjective",
     "__version__",
     "broadcast",
@@ -85,9 +90,11 @@ __all__ = [
     "column",
     "create",
     "eps_from_x0",
+    "fit_network",
     "guided_predict",
     "hookimpl",
     "load_image",
+    "load_network",
     "make_grid",
     "posterior_mean_coefficients",
     "randn",

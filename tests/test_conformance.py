@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 import ddpmkit_jsonl
-from ddpmkit import RunInfo, registry
+from ddpmkit import RunInfo, StageContext, registry
 from ddpmkit.errors import PluginError
 from ddpmkit.model import DiffusionModel
 from ddpmkit.testing import (
@@ -25,11 +25,14 @@ from ddpmkit.testing import (
     ObjectiveContract,
     ParameterizationContract,
     ReferenceSchedule,
+    ReferenceImages,
     SamplerContract,
     ScheduleContract,
+    StageContract,
     VarianceContract,
     WeightingContract,
     contract_classes,
+    reference_model,
 )
 
 BUNDLED = "ddpmkit"
@@ -206,8 +209,39 @@ class TestBundledConditioners(ConditionerContract):
         return torch.arange(batch) % 3 - (torch.arange(batch) == 0).long()  # -1 is the null
 
 
+TINY_CLIP = {
+    "steps": 2,
+    "batch_size": 8,
+    "embed_dim": 8,
+    "image_width": 8,
+    "image_levels": 1,
+    "text_width": 8,
+    "text_heads": 2,
+}
+"""A train-clip stage that runs in a blink on the kit's reference images."""
+
+
 class TestBundledGuidance(GuidanceContract):
     distribution = BUNDLED
+    params_by_name: ClassVar[dict[str, dict[str, Any]]] = {"clip": {"clip": "clip"}}
+
+    def build(self, name: str, tmp_path: Path, **overrides: Any) -> Any:
+        guidance = super().build(name, tmp_path, **overrides)
+        if name != "clip":
+            return guidance
+        # the noised CLIP of a tiny train-clip stage, guiding towards one prompt
+        folder = tmp_path / "stages" / "clip"
+        folder.mkdir(parents=True, exist_ok=True)
+        stage = registry.create("stage", "train-clip", **TINY_CLIP)
+        model, data, cpu = reference_model(), ReferenceImages(), torch.device("cpu")
+        stage.run(StageContext("clip", folder, model, data, cpu, 0, False))
+        guidance.attach({"clip": folder})
+        return guidance.for_conditions(["a bright image"])
+
+
+class TestBundledStages(StageContract):
+    distribution = BUNDLED
+    params_by_name: ClassVar[dict[str, dict[str, Any]]] = {"train-clip": TINY_CLIP}
 
 
 class TestBundledObjectives(ObjectiveContract):

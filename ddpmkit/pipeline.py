@@ -610,11 +610,11 @@ class Pipeline:
             results["attributes"] = attribute_diversity(readings)
             raw = self.sample_conditions(cfg.attributes_samples)
             if raw is not None:
-                data = self.eval_dataset
+                asked = self.eval_dataset
                 wanted = [
-                    data.caption_attributes(c)
+                    asked.caption_attributes(c)
                     if isinstance(c, str)
-                    else data.label_attributes(int(c))
+                    else asked.label_attributes(int(c))
                     for c in raw
                 ]
                 if all(w is not None for w in wanted):

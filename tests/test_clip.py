@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import ddpmkit
-from ddpmkit import ConfigError, Conditioning, DiffusionModel, StageContext
+from ddpmkit import Conditioning, ConfigError, DiffusionModel, StageContext
 from ddpmkit_conditioning.clip import ClipGuidance, NoisedClip, clip_loss
 
 VOCAB = ["a", "at", "blue", "circle", "left", "on", "red", "square", "the", "top"]

@@ -48,3 +48,37 @@ def save_tiny_bert(folder: Path) -> Path:
     transformers.BertModel(config).save_pretrained(str(folder))
     save_word_tokenizer(folder)
     return folder
+
+
+def save_tiny_clip(folder: Path) -> Path:
+    """A randomly initialised CLIPModel (both towers 2 layers of width 32, 16-pixel images in
+    4-pixel patches, a 16-dim joint space) and the WORDS tokenizer, in ``folder``; the text
+    tower pools at [SEP], its end-of-text token."""
+    import transformers
+
+    config = transformers.CLIPConfig(
+        text_config={
+            "vocab_size": len(WORDS),
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "max_position_embeddings": 16,
+            "pad_token_id": 0,
+            "bos_token_id": 2,
+            "eos_token_id": 3,
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": 16,
+            "patch_size": 4,
+        },
+        projection_dim=16,
+    )
+    torch.manual_seed(0)
+    transformers.CLIPModel(config).save_pretrained(str(folder))
+    save_word_tokenizer(folder)
+    return folder

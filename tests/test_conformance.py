@@ -225,6 +225,14 @@ class TestBundledGuidance(GuidanceContract):
     distribution = BUNDLED
     params_by_name: ClassVar[dict[str, dict[str, Any]]] = {"clip": {"clip": "clip"}}
 
+    def params_for(self, name: str, tmp_path: Path) -> dict[str, Any]:
+        if name == "hf-clip":  # unbound: the kit's 2-channel images are not RGB (test_hf.py
+            pytest.importorskip("transformers")  # checks its guided predictions)
+            from hf_models import save_tiny_clip
+
+            return {"path": str(save_tiny_clip(tmp_path / "hf-clip"))}
+        return super().params_for(name, tmp_path)
+
     def build(self, name: str, tmp_path: Path, **overrides: Any) -> Any:
         guidance = super().build(name, tmp_path, **overrides)
         if name != "clip":

@@ -1,5 +1,5 @@
 """Pretrained transformers models from a local folder, on tiny random models the tests build and
-save themselves: the ``hf-text`` conditioner. Nothing is downloaded."""
+save themselves: the ``hf-text`` conditioner and ``hf-clip`` guidance. Nothing is downloaded."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from ddpmkit import ConfigError, registry
 
 transformers = pytest.importorskip("transformers")
 
-from hf_models import save_tiny_bert  # noqa: E402 - after the skip
+from hf_models import save_tiny_bert, save_tiny_clip  # noqa: E402 - after the skip
 
 
 @pytest.fixture(scope="module")
@@ -97,3 +97,50 @@ def test_without_transformers_the_error_says_what_to_install(monkeypatch: Any) -
     monkeypatch.setattr(registry, "_cache", {})
     with pytest.raises(registry.PluginError, match=r"pip install 'ddpmkit\[transformers\]'"):
         registry.load("conditioner", "hf-text")
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_clip(tmp_path_factory.mktemp("clip"))
+
+
+def test_hf_clip_features_equal_the_model_run_directly(clip: Path) -> None:
+    guidance = ddpmkit.create("guidance", "hf-clip", path=str(clip), scale=2.0)
+    model = transformers.CLIPModel.from_pretrained(str(clip), local_files_only=True).eval()
+    assert not any(p.requires_grad for p in guidance.model.parameters())
+    # images: [-1, 1] -> [0, 1], 8 -> 16 pixels, normalised with CLIP's mean and std
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    pixels = torch.nn.functional.interpolate((x + 1) / 2, size=(16, 16), mode="bilinear")
+    mean = torch.tensor([0.48145466, 0.4578275, 0.40821073])[:, None, None]
+    std = torch.tensor([0.26862954, 0.26130258, 0.27577711])[:, None, None]
+    with torch.no_grad():
+        image = model.get_image_features(pixel_values=(pixels - mean) / std)
+        ids = torch.tensor([[2, 4, 5, 7, 3] + [0] * 11, [2, 3] + [0] * 14])
+        text = model.get_text_features(input_ids=ids, attention_mask=(ids != 0).long())
+    image, text = (v if torch.is_tensor(v) else v.pooler_output for v in (image, text))
+    unit = torch.nn.functional.normalize
+    t = torch.tensor([0, 0])
+    torch.testing.assert_close(
+        guidance.image_features(x, t), unit(image, dim=-1), atol=1e-6, rtol=0
+    )
+    torch.testing.assert_close(
+        guidance.text_features(["a red circle", ""]), unit(text, dim=-1), atol=1e-6, rtol=0
+    )
+
+
+def test_hf_clip_shifts_eps_by_its_gradient(clip: Path) -> None:
+    from ddpmkit.testing import reference_model
+
+    guidance = ddpmkit.create("guidance", "hf-clip", path=str(clip), scale=3.0)
+    bound = guidance.for_conditions(["a red circle"])
+    model = reference_model(channels=3)
+    x, t = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1)), torch.tensor([4, 9])
+    pred = bound.guide(model, model.predict, x, t, None)
+    xg = x.clone().requires_grad_(True)
+    score = (bound.image_features(xg, t) * bound.text.repeat(2, 1)).sum()
+    (grad,) = torch.autograd.grad(score, xg)
+    _, sigma = model.alpha_sigma(t, 4)
+    expected = model.predict(x, t, None).eps - sigma * 3.0 * grad
+    torch.testing.assert_close(pred.eps, expected, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="RGB images"):
+        bound.guide(model, model.predict, x[:, :2], t, None)

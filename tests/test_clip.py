@@ -88,8 +88,8 @@ def clip_guidance(scale: float, prompts: list[str]) -> ClipGuidance:
 
 
 def test_eps_shift_is_the_scaled_autograd_gradient_exactly() -> None:
-    """eps~ = eps - sqrt(1 - abar_t) s grad_x (f(x_t, t) . g(c)), with the gradient taken by
-    autograd here, and x0 re-derived from eps~."""
+    """eps~ = eps - sqrt(1 - abar_t) s grad_x (f(x_t, t) . g(c) / tau), with the gradient
+    taken by autograd here, and x0 re-derived from eps~."""
     model = unet_model()
     prompts = ["a red circle on the left", "a blue square at the top"]
     guidance = clip_guidance(7.0, prompts)
@@ -100,7 +100,11 @@ def test_eps_shift_is_the_scaled_autograd_gradient_exactly() -> None:
         plain = model.predict(x, t, None)
     net = guidance.network
     xg = x.clone().requires_grad_(True)
-    score = (net.image_features(xg, t) * net.text_features(prompts)).sum()
+    # the CLIP logit f . g / tau, with the temperature the network learned
+    score = (
+        float(net.temperature_inverse())
+        * (net.image_features(xg, t) * net.text_features(prompts)).sum()
+    )
     (grad,) = torch.autograd.grad(score, xg)
     sigma = model.sqrt_one_minus_alphas_cumprod[t].reshape(2, 1, 1, 1)
     assert float(grad.abs().max()) > 0

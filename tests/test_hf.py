@@ -137,7 +137,7 @@ def test_hf_clip_shifts_eps_by_its_gradient(clip: Path) -> None:
     x, t = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1)), torch.tensor([4, 9])
     pred = bound.guide(model, model.predict, x, t, None)
     xg = x.clone().requires_grad_(True)
-    score = (bound.image_features(xg, t) * bound.text.repeat(2, 1)).sum()
+    score = bound.logit_scale() * (bound.image_features(xg, t) * bound.text.repeat(2, 1)).sum()
     (grad,) = torch.autograd.grad(score, xg)
     _, sigma = model.alpha_sigma(t, 4)
     expected = model.predict(x, t, None).eps - sigma * 3.0 * grad

@@ -161,7 +161,7 @@ class HFClipGuidanceParams(Params):
 
 class HFClipGuidance(ContrastiveGuidance):
     """CLIP guidance with a pretrained ``transformers`` CLIPModel (Radford et al. 2021) from a
-    local folder: eps~ = eps - sqrt(1 - abar_t) s grad_{x_t} (f(x_t) . g(c)).
+    local folder: eps~ = eps - sqrt(1 - abar_t) s grad_{x_t} (f(x_t) . g(c) / tau).
 
     f is the model's image tower on x_t mapped from [-1, 1] to [0, 1], resized (bilinear) to
     the model's input size and normalised with ``mean`` and ``std``; g its text tower on the
@@ -213,6 +213,10 @@ class HFClipGuidance(ContrastiveGuidance):
             attention_mask=batch["attention_mask"].to(device),
         )
         return _unit(features)
+
+    def logit_scale(self) -> float:
+        """1 / tau = exp(logit_scale) of the pretrained model."""
+        return float(self.model.logit_scale.exp())
 
 
 def _unit(features: Any) -> torch.Tensor:

@@ -1,5 +1,5 @@
 """CLIP guidance (Nichol et al. 2021, GLIDE sec. 2.4 and 3.2): the gradient of the image-text
-score f(x_t, t) . g(c) pushes every prediction towards the prompt."""
+score f(x_t, t) . g(c), as a CLIP logit, pushes every prediction towards the prompt."""
 
 from __future__ import annotations
 
@@ -54,6 +54,12 @@ class ContrastiveGuidance(Guidance, abc.ABC):
     def text_features(self, captions: Sequence[str]) -> torch.Tensor:
         """g(c), ``(N, D)``."""
 
+    @abc.abstractmethod
+    def logit_scale(self) -> float:
+        """exp(logit_scale) = 1 / tau, CLIP's learned temperature: the score guided along is
+        the logit (f . g) / tau, as GLIDE's code does, so s is on the scale of a log-probability
+        (like classifier guidance's)."""
+
     def raw_from_batch(self, batch: Batch) -> list[str]:
         """The data's captions: the prompts when ``sample.prompts`` gives none."""
         return list(batch.captions)
@@ -66,8 +72,8 @@ class ContrastiveGuidance(Guidance, abc.ABC):
         return guided
 
     def score_gradient(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """grad_{x_t} f(x_t, t) . g(c), one prompt per sample (a batch that is k copies of
-        the prompts' batch, as classifier-free guidance makes, repeats them k times)."""
+        """grad_{x_t} (f(x_t, t) . g(c)) / tau, one prompt per sample (a batch that is k copies
+        of the prompts' batch, as classifier-free guidance makes, repeats them k times)."""
         assert self.text is not None
         if x_t.shape[0] % self.text.shape[0]:
             raise ValueError(
@@ -78,8 +84,8 @@ class ContrastiveGuidance(Guidance, abc.ABC):
         with torch.inference_mode(False), torch.enable_grad():
             x = x_t.detach().clone().requires_grad_(True)
             g = self.text.clone().to(x.device).repeat(repeats, 1)
-            # the image-text score f(x_t, t) . g(c), summed over the batch (rows independent)
-            score = (self.image_features(x, t.clone()) * g).sum()
+            # the CLIP logit f(x_t, t) . g(c) / tau, summed over the batch (rows independent)
+            score = self.logit_scale() * (self.image_features(x, t.clone()) * g).sum()
             (grad,) = torch.autograd.grad(score, x)
         return grad.detach()
 
@@ -96,7 +102,7 @@ class ContrastiveGuidance(Guidance, abc.ABC):
         if self.text is None or self.scale == 0:
             return inner
         alpha, sigma = model.alpha_sigma(t, x_t.ndim)
-        # eps~ = eps - sqrt(1 - abar_t) s grad_x (f(x_t, t) . g(c))
+        # eps~ = eps - sqrt(1 - abar_t) s grad_x (f(x_t, t) . g(c) / tau)
         eps = _shift_eps(inner.eps, sigma, self.scale, self.score_gradient(x_t, t))
         # x0 from the shifted eps, so x_t = alpha x0 + sigma eps still holds
         return Prediction(eps=eps, x0=x0_from_eps(x_t, eps, alpha, sigma), output=inner.output)
@@ -115,7 +121,7 @@ class ClipGuidanceParams(Params):
 
 class ClipGuidance(ContrastiveGuidance):
     """CLIP guidance with the noised CLIP a ``train-clip`` stage trained (GLIDE sec. 3.2):
-    eps~ = eps(x_t) - sqrt(1 - abar_t) s grad_{x_t} (f(x_t, t) . g(c)).
+    eps~ = eps(x_t) - sqrt(1 - abar_t) s grad_{x_t} (f(x_t, t) . g(c) / tau).
 
     Works for an unconditional model and a text-conditional one (composed with
     classifier-free guidance in ``[[sample.guidance]]``); the prompts are ``sample.prompts``
@@ -154,3 +160,7 @@ class ClipGuidance(ContrastiveGuidance):
     def text_features(self, captions: Sequence[str]) -> torch.Tensor:
         """The noised CLIP's g(c), unit length."""
         return self._network().text_features(captions)
+
+    def logit_scale(self) -> float:
+        """1 / tau as trained (clamped at 100, as in training)."""
+        return float(self._network().temperature_inverse())

@@ -125,8 +125,14 @@ class NoisedClip(nn.Module):
         """The contrastive loss of a batch of (noised image, caption) pairs, and the fraction of
         images whose best-scoring caption in the batch reads like their own."""
         f, g = self.image_features(x_t, t), self.text_features(captions)
-        # CLIP clips the temperature at 100 (logit_scale <= log 100)
-        scale = self.logit_scale.clamp(max=math.log(100.0))
         best = (f @ g.T).argmax(1).tolist()
         accuracy = sum(captions[j] == c for j, c in zip(best, captions, strict=True)) / len(best)
-        return clip_loss(f, g, scale), accuracy
+        return clip_loss(f, g, self.clipped_logit_scale()), accuracy
+
+    def clipped_logit_scale(self) -> torch.Tensor:
+        """log(1 / tau), clipped at log 100 as CLIP clips it."""
+        return self.logit_scale.clamp(max=math.log(100.0))
+
+    def temperature_inverse(self) -> torch.Tensor:
+        """1 / tau = exp(logit_scale), clipped at 100."""
+        return self.clipped_logit_scale().exp()

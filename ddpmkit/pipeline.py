@@ -538,10 +538,17 @@ class Pipeline:
             default = conditioner.default_conditions(count) if conditioner is not None else None
             if default is not None:
                 return torch.as_tensor(default)
-            readers = [conditioner] if conditioner is not None else self.guidances
-            batch = self.dataset.batch([i % len(self.dataset) for i in range(count)])
-            found = [r.raw_from_batch(batch) for r in readers]
-            return next((raw for raw in found if raw is not None), None)
+            # what reads conditions from the data (the text conditioner, else CLIP guidance)
+            candidates = [conditioner] if conditioner is not None else self.guidances
+            if not candidates:
+                return None
+            probe = self.dataset.batch([0])
+            readers = [r for r in candidates if r.raw_from_batch(probe) is not None]
+            if not readers:
+                return None
+            return readers[0].raw_from_batch(
+                self.dataset.batch([i % len(self.dataset) for i in range(count)])
+            )
         if conditioner is None:
             raise ConfigError("sample.labels needs a [conditioner]")
         classes = self.dataset.num_classes

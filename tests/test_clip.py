@@ -102,7 +102,7 @@ def test_eps_shift_is_the_scaled_autograd_gradient_exactly() -> None:
     xg = x.clone().requires_grad_(True)
     # the CLIP logit f . g / tau, with the temperature the network learned
     score = (
-        float(net.temperature_inverse())
+        float(net.temperature_inverse().detach())
         * (net.image_features(xg, t) * net.text_features(prompts)).sum()
     )
     (grad,) = torch.autograd.grad(score, xg)

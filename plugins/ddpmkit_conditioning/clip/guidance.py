@@ -163,4 +163,4 @@ class ClipGuidance(ContrastiveGuidance):
 
     def logit_scale(self) -> float:
         """1 / tau as trained (clamped at 100, as in training)."""
-        return float(self._network().temperature_inverse())
+        return float(self._network().temperature_inverse().detach())

@@ -165,7 +165,7 @@ class HFClipGuidance(ContrastiveGuidance):
 
     f is the model's image tower on x_t mapped from [-1, 1] to [0, 1], resized (bilinear) to
     the model's input size and normalised with ``mean`` and ``std``; g its text tower on the
-    prompt. Such a CLIP never saw noisy images and ignores t: GLIDE (sec. 3.2) trains a noised
+    prompt. Such a CLIP never saw noisy images and ignores t: GLIDE trains a noised
     CLIP (``train-clip`` and ``clip``) because this works poorly at high noise levels.
     """
 

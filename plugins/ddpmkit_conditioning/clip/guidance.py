@@ -1,4 +1,4 @@
-"""CLIP guidance (Nichol et al. 2021, GLIDE sec. 2.4 and 3.2): the gradient of the image-text
+"""CLIP guidance (GLIDE, Nichol et al. 2021, with its noised CLIP): the gradient of the image-text
 score f(x_t, t) . g(c), as a CLIP logit, pushes every prediction towards the prompt."""
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ class ClipGuidanceParams(Params):
 
 
 class ClipGuidance(ContrastiveGuidance):
-    """CLIP guidance with the noised CLIP a ``train-clip`` stage trained (GLIDE sec. 3.2):
+    """CLIP guidance with the noised CLIP a ``train-clip`` stage trained (GLIDE's noised CLIP):
     eps~ = eps(x_t) - sqrt(1 - abar_t) s grad_{x_t} (f(x_t, t) . g(c) / tau).
 
     Works for an unconditional model and a text-conditional one (composed with

@@ -1,4 +1,4 @@
-"""A noised CLIP (Nichol et al. 2021, GLIDE sec. 3.2): an image encoder f(x_t, t) told the
+"""A noised CLIP (GLIDE, Nichol et al. 2021): an image encoder f(x_t, t) told the
 timestep and a text encoder g(c), trained contrastively (Radford et al. 2021) on noised images."""
 
 from __future__ import annotations

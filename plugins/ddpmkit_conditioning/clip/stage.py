@@ -1,5 +1,5 @@
 """The ``train-clip`` stage: a noised CLIP trained on (x_t, caption) pairs of the pipeline's
-data, noised by the pipeline's own forward process (GLIDE sec. 3.2)."""
+data, noised by the pipeline's own forward process (GLIDE's noised CLIP)."""
 
 from __future__ import annotations
 

@@ -63,7 +63,7 @@ def as_captions(raw: Any) -> list[str]:
 class TextConditioner(Conditioner):
     """Captions ``(B,)`` -> ``Conditioning(embedding (B, D), context (B, L, D), context_mask)``.
 
-    The GLIDE recipe (Nichol et al. 2021, sec. 2.3) at toy scale: a word-level tokenizer and a
+    The GLIDE recipe (Nichol et al. 2021) at toy scale: a word-level tokenizer and a
     Transformer trained with the denoiser; its token sequence reaches the U-Net through
     cross-attention (``context_dim = D``) and its pooled ``<cls>`` vector is added to the time
     embedding (``cond_embed_dim = D``). The null condition is the empty caption.

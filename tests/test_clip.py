@@ -222,6 +222,20 @@ def test_a_run_with_a_clip_stage_and_two_guidances(write_pipeline, tmp_path: Pat
     assert "adherence_shape" in json.loads((run / "eval.json").read_text())["attributes"]
 
 
+def test_ddpmkit_eval_reattaches_the_runs_clip(write_pipeline, tmp_path: Path) -> None:
+    """`ddpmkit eval` of a finished run loads the noised CLIP its stage left in the run folder
+    and reads the guided samples back against the prompts."""
+    from ddpmkit.cli import main
+
+    path = write_pipeline(*CLIP_RUN)
+    assert main(["run", str(path), "--quiet"]) == 0
+    (run,) = (tmp_path / "runs").iterdir()
+    (run / "eval.json").unlink()
+    assert main(["eval", str(path), "--run", str(run)]) == 0
+    found = json.loads((run / "eval.json").read_text())["attributes"]
+    assert {"adherence", "adherence_color", "adherence_position"} <= set(found)
+
+
 def test_bad_clip_config_names_the_key(write_pipeline) -> None:
     from ddpmkit.config import load_config
     from ddpmkit.pipeline import Pipeline

@@ -61,17 +61,30 @@ def test_hf_text_is_frozen_and_stays_in_eval_mode(bert: Path) -> None:
     assert tuned.model.training and all(p.requires_grad for p in tuned.parameters())
 
 
-def test_hf_text_in_a_pipeline_trains_only_the_denoiser(bert: Path, write_pipeline) -> None:
-    from ddpmkit.config import load_config
-    from ddpmkit.pipeline import Pipeline
+def test_hf_text_and_hf_clip_in_a_run(bert: Path, clip: Path, write_pipeline, tmp_path) -> None:
+    """`ddpmkit run` with the pretrained encoder as conditioner and the pretrained CLIP as a
+    second guidance: the U-Net is built for width 32, only it is trained (the encoder's
+    weights in the final checkpoint are the saved ones), and the guided samples are drawn."""
+    from safetensors.torch import load_file
+
+    from ddpmkit.checkpoint import list_checkpoints
+    from ddpmkit.cli import main
 
     section = f'[conditioner]\ntype = "hf-text"\npath = "{bert}"\nmax_length = 8\n\n[denoiser]'
-    pipeline = Pipeline.build(load_config(write_pipeline(("[denoiser]", section))))
-    assert pipeline.model.denoiser.params.context_dim == 32
-    before = {k: v.clone() for k, v in pipeline.model.conditioner.state_dict().items()}
-    pipeline.trainer(Path(pipeline.config.output.dir), None, progress=False).train()
-    after = pipeline.model.conditioner.state_dict()
-    assert all(torch.equal(before[k], after[k]) for k in before)
+    guidance = (
+        '[[sample.guidance]]\ntype = "classifier-free"\nscale = 1.0\n\n'
+        f'[[sample.guidance]]\ntype = "hf-clip"\npath = "{clip}"\nscale = 2.0\n\n[output]'
+    )
+    prompts = ("[sample]\n", '[sample]\nprompts = ["a red circle", "a blue circle"]\n')
+    path = write_pipeline(("[denoiser]", section), prompts, ("[output]", guidance))
+    assert main(["run", str(path), "--quiet"]) == 0
+    (run,) = (tmp_path / "runs").iterdir()
+    assert (run / "samples.png").is_file()
+    _, last = list_checkpoints(run / "checkpoints")[-1]
+    tensors = load_file(str(last))
+    saved = transformers.AutoModel.from_pretrained(str(bert), local_files_only=True)
+    for key, value in saved.state_dict().items():
+        assert torch.equal(tensors[f"model.conditioner.model.{key}"], value), key
 
 
 def test_hf_text_refuses_a_missing_folder(tmp_path: Path) -> None:

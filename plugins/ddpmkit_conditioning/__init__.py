@@ -1,10 +1,22 @@
-"""Bundled conditioning and guidance: the ``class`` conditioner, ``classifier-free`` guidance
-(Ho & Salimans 2021) and training-free ``inpaint``-ing (RePaint, Lugmayr et al. 2022)."""
+"""Bundled conditioning and guidance: the ``class`` and ``text`` conditioners,
+``classifier-free`` guidance (Ho & Salimans 2021), ``clip`` guidance with its ``train-clip``
+stage (GLIDE, Nichol et al. 2021) and training-free ``inpaint``-ing (RePaint, Lugmayr et al.
+2022). ``hf-text`` and ``hf-clip`` (module ``ddpmkit_conditioning.hf``) need transformers."""
 
 from ddpmkit_conditioning.cfg import ClassifierFreeGuidance
+from ddpmkit_conditioning.clip import ClipGuidance, TrainClipStage
 from ddpmkit_conditioning.inpaint import InpaintSampler, region_mask
 from ddpmkit_conditioning.labels import ClassConditioner
+from ddpmkit_conditioning.text import TextConditioner
 
 DDPMKIT_PLUGIN_API = "1.0"
 
-__all__ = ["ClassConditioner", "ClassifierFreeGuidance", "InpaintSampler", "region_mask"]
+__all__ = [
+    "ClassConditioner",
+    "ClassifierFreeGuidance",
+    "ClipGuidance",
+    "InpaintSampler",
+    "TextConditioner",
+    "TrainClipStage",
+    "region_mask",
+]

@@ -62,6 +62,10 @@ class EMA:
         for key, value in module.state_dict().items():
             shadow = self.shadow[key]
             if shadow.is_floating_point() and shadow.dtype == value.dtype:
+                if shadow.stride() != value.stride():
+                    # the model changed a tensor's layout (a U-Net made its weights channels-
+                    # last): follow it once, a lerp between two layouts is slow
+                    shadow = self.shadow[key] = torch.empty_like(value).copy_(shadow)
                 floats[0].append(shadow)
                 floats[1].append(value.detach())
             elif shadow.is_floating_point():

@@ -13,11 +13,12 @@ from collections.abc import Callable
 import torch
 
 
-def interleaved(
+def interleaved_samples(
     fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1
-) -> dict[str, float]:
-    """Median time (s) of each function; the repetitions of all functions interleave, so a slow
-    spell of a shared machine hits every contender alike. The time is this process's CPU time
+) -> dict[str, list[float]]:
+    """Every repetition's time (s) of each function; the repetitions of all functions interleave
+    (A B C A B C ...), so a slow spell of a shared machine hits every contender alike, and
+    repetition ``i`` of each is a pair. The time is this process's CPU time
     (``time.process_time``), which other processes competing for the cores do not inflate the
     way they inflate wall time; with one torch thread it is the work done."""
     for fn in fns.values():
@@ -29,7 +30,34 @@ def interleaved(
             start = time.process_time()
             fn()
             times[name].append(time.process_time() - start)
+    return times
+
+
+def interleaved(
+    fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1
+) -> dict[str, float]:
+    """Median time (s) of each function over :func:`interleaved_samples`."""
+    times = interleaved_samples(fns, repeats, warmup)
     return {name: statistics.median(values) for name, values in times.items()}
+
+
+class Ratio:
+    """The ratios of paired repetitions: their median and interquartile range."""
+
+    def __init__(self, ratios: list[float]) -> None:
+        values = sorted(ratios)
+        self.n = len(values)
+        self.median = statistics.median(values)
+        quartiles = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
+        self.low, self.high = quartiles[0], quartiles[2]
+
+    def __str__(self) -> str:
+        return f"{self.median:.3f} ({self.low:.3f} - {self.high:.3f})"
+
+
+def paired_ratio(numerator: list[float], denominator: list[float]) -> Ratio:
+    """``numerator[i] / denominator[i]`` over paired repetitions."""
+    return Ratio([a / b for a, b in zip(numerator, denominator, strict=True)])
 
 
 def machine() -> str:

@@ -9,7 +9,8 @@
    50 steps (target ratio <= 1.0).
 
 ``python bench/speed_sampling.py [--quick]``; needs ``pip install diffusers`` (the benchmark's
-only use of it). Every comparison interleaves its contenders and reports medians.
+only use of it). Every comparison interleaves its contenders; each ratio is the median over
+paired repetitions, reported with its interquartile range.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from statistics import median
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import interleaved, machine
+from _timing import interleaved_samples, machine, paired_ratio
 
 from ddpmkit import DiffusionModel, SamplerStep, create
 
@@ -127,9 +129,10 @@ def diffusers_schedulers(steps: int) -> tuple[object, object]:
 
 
 def run(quick: bool = False) -> str:
-    """All three measurements, as a markdown section."""
+    """All three measurements, as a markdown section. Every ratio is the median over paired
+    repetitions (one of each contender, interleaved), with its interquartile range."""
     torch.set_num_threads(1)
-    repeats = 3 if quick else 7
+    repeats = 3 if quick else 15
     lines = ["### Sampling loops", "", f"Machine: {machine()}.", ""]
 
     # 1. overhead over bare forward passes, demo U-Net, batch 16
@@ -138,33 +141,38 @@ def run(quick: bool = False) -> str:
     ddim = create("sampler", "ddim", steps=50)
     ddpm_steps = 100 if quick else 1000
     ddpm = create("sampler", "ddpm", steps=ddpm_steps) if quick else create("sampler", "ddpm")
-    times = interleaved(
+    ddpm_repeats = 3 if quick else 5
+    times = interleaved_samples(
         {
             "bare DDIM": bare_loop(model, ddim, shape),
             "ddpmkit DDIM": ddpmkit_loop(model, ddim, shape),
         },
         repeats,
     )
-    times_ddpm = interleaved(
-        {
-            "bare DDPM": bare_loop(model, ddpm, shape),
-            "ddpmkit DDPM": ddpmkit_loop(model, ddpm, shape),
-        },
-        3,
+    times.update(
+        interleaved_samples(
+            {
+                "bare DDPM": bare_loop(model, ddpm, shape),
+                "ddpmkit DDPM": ddpmkit_loop(model, ddpm, shape),
+            },
+            ddpm_repeats,
+        )
     )
     lines += [
-        f"Demo U-Net (1.1 M parameters), batch {shape[0]} of 3x16x16, median of interleaved "
-        "runs: sampler CPU time over the same number of bare forward passes.",
+        f"Demo U-Net (1.1 M parameters), batch {shape[0]} of 3x16x16: sampler CPU time over the "
+        f"same number of bare forward passes, {repeats} (DDIM) and {ddpm_repeats} (DDPM) "
+        "interleaved pairs; medians, the ratio with its interquartile range over the pairs.",
         "",
         "| sampler | steps | bare forwards | ddpmkit | ratio (target <= 1.02) |",
         "|---|---:|---:|---:|---:|",
-        f"| DDIM | 50 | {times['bare DDIM']:.3f} s | {times['ddpmkit DDIM']:.3f} s | "
-        f"{times['ddpmkit DDIM'] / times['bare DDIM']:.3f} |",
-        f"| DDPM | {ddpm_steps} | {times_ddpm['bare DDPM']:.3f} s | "
-        f"{times_ddpm['ddpmkit DDPM']:.3f} s | "
-        f"{times_ddpm['ddpmkit DDPM'] / times_ddpm['bare DDPM']:.3f} |",
-        "",
     ]
+    for kind, steps in (("DDIM", 50), ("DDPM", ddpm_steps)):
+        bare, ours = times[f"bare {kind}"], times[f"ddpmkit {kind}"]
+        lines.append(
+            f"| {kind} | {steps} | {median(bare):.3f} s | {median(ours):.3f} s | "
+            f"{paired_ratio(ours, bare)} |"
+        )
+    lines.append("")
 
     # 2. per-step cost of the loop, 2D MLP, batch 4096, 1000 steps
     try:
@@ -174,7 +182,8 @@ def run(quick: bool = False) -> str:
     mlp = tiny_mlp()
     shape = (4096, 2)
     kit_ddpm, kit_ddim = create("sampler", "ddpm"), create("sampler", "ddim", steps=1000)
-    times = interleaved(
+    loop_repeats = 3 if quick else 25
+    times = interleaved_samples(
         {
             "bare DDPM": bare_loop(mlp, kit_ddpm, shape),
             "bare DDIM": bare_loop(mlp, kit_ddim, shape),
@@ -183,58 +192,59 @@ def run(quick: bool = False) -> str:
             "diffusers DDPM": diffusers_loop(mlp, d_ddpm, shape),
             "diffusers DDIM": diffusers_loop(mlp, d_ddim, shape),
         },
-        repeats,
+        loop_repeats,
     )
-    per_step = {
-        k: (v - times[f"bare {k.split()[1]}"]) / 1000 * 1e6
-        for k, v in times.items()
-        if not k.startswith("bare")
-    }
+
+    def per_step(name: str, kind: str) -> list[float]:
+        """The loop's own cost per step (us) in each repetition: its time minus the bare
+        forward passes of the same repetition, over 1000 steps."""
+        bare = times[f"bare {kind}"]
+        return [(a - b) / 1000 * 1e6 for a, b in zip(times[name], bare, strict=True)]
+
     lines += [
         "Per-step cost of the loop itself: a 2D MLP (1 hidden layer of 16, trained briefly on "
         "two-moons so that samples stay in range), batch 4096, 1000 steps; (loop time - 1000 "
         "bare forward passes on the inputs ddpmkit's sampler of the same kind feeds the "
-        f"network) / 1000, CPU-time medians of {repeats} interleaved runs (bare forwards: "
-        f"{times['bare DDPM']:.3f} s and {times['bare DDIM']:.3f} s).",
+        f"network) / 1000 in each of {loop_repeats} interleaved repetitions, CPU time; "
+        "medians, and the ratio's median and interquartile range over the repetitions "
+        f"(bare forwards: {median(times['bare DDPM']):.3f} s and "
+        f"{median(times['bare DDIM']):.3f} s).",
         "",
         "| loop | us per step | ddpmkit / diffusers (target <= 0.33) |",
         "|---|---:|---:|",
     ]
     for kind in ("DDPM", "DDIM"):
-        ours, theirs = per_step[f"ddpmkit {kind}"], per_step[f"diffusers {kind}"]
+        ours, theirs = per_step(f"ddpmkit {kind}", kind), per_step(f"diffusers {kind}", kind)
         lines += [
-            f"| ddpmkit {kind} | {ours:.1f} | {ours / theirs:.2f} |",
-            f"| diffusers {kind}Scheduler | {theirs:.1f} | |",
+            f"| ddpmkit {kind} | {median(ours):.1f} | {paired_ratio(ours, theirs)} |",
+            f"| diffusers {kind}Scheduler | {median(theirs):.1f} | |",
         ]
     lines.append("")
 
     # 3. the same network through diffusers' DDIM loop and ddpmkit's DDIM, 50 steps
     _, d_ddim50 = diffusers_schedulers(50)
     ddim50 = create("sampler", "ddim", steps=50, spacing="leading")
-    results = {}
+    lines += [
+        "The same network, 50 DDIM steps (eta = 0, leading spacing in both): ddpmkit's `ddim` "
+        f"against diffusers' DDIMScheduler loop, {repeats} interleaved pairs.",
+        "",
+        "| network | diffusers | ddpmkit | ratio (target <= 1.0) |",
+        "|---|---:|---:|---:|",
+    ]
     for label, net_model, shape in (
         ("2D MLP, batch 4096", mlp, (4096, 2)),
         ("demo U-Net, batch 16", model, (16, 3, 16, 16)),
     ):
-        t = interleaved(
+        t = interleaved_samples(
             {
                 "diffusers": diffusers_loop(net_model, d_ddim50, shape),
                 "ddpmkit": ddpmkit_loop(net_model, ddim50, shape),
             },
             repeats,
         )
-        results[label] = t
-    lines += [
-        "The same network, 50 DDIM steps (eta = 0, leading spacing in both): ddpmkit's `ddim` "
-        "against diffusers' DDIMScheduler loop.",
-        "",
-        "| network | diffusers | ddpmkit | ratio (target <= 1.0) |",
-        "|---|---:|---:|---:|",
-    ]
-    for label, t in results.items():
         lines.append(
-            f"| {label} | {t['diffusers']:.3f} s | {t['ddpmkit']:.3f} s | "
-            f"{t['ddpmkit'] / t['diffusers']:.3f} |"
+            f"| {label} | {median(t['diffusers']):.3f} s | {median(t['ddpmkit']):.3f} s | "
+            f"{paired_ratio(t['ddpmkit'], t['diffusers'])} |"
         )
     lines.append("")
     return "\n".join(lines)

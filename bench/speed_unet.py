@@ -4,7 +4,8 @@ Both networks: 3x32x32 images, channels 64-128-128, 2 residual blocks per level 
 up), self-attention at the 16x16 level and in the middle, 4 heads of 32 channels, GroupNorm
 with 32 groups, the time embedding added in every residual block (Ho et al.), no dropout:
 6.47 M parameters each. A training step (forward, backward of a mean square) and inference
-(forward in inference mode), batch 8, medians of interleaved runs; each library in its
+(forward in inference mode), batch 8, interleaved repetitions (ratios: medians over the
+pairs, with their interquartile range); each library in its
 default memory layout, and both in channels-last.
 
 ``python bench/speed_unet.py [--quick]``; needs ``pip install diffusers``.
@@ -16,12 +17,13 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from statistics import median
 
 import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import interleaved, machine
+from _timing import interleaved_samples, machine, paired_ratio
 
 from ddpmkit import create
 
@@ -125,7 +127,8 @@ def run(quick: bool = False) -> str:
     ours = ddpmkit_unet()
     n_ours, n_theirs = parameters(ours), parameters(theirs)
     batch = 8
-    times = interleaved(contenders(batch, 32, ours, theirs), repeats=3 if quick else 9)
+    repeats = 3 if quick else 15
+    times = interleaved_samples(contenders(batch, 32, ours, theirs), repeats)
     lines = [
         "### U-Net against diffusers' UNet2DModel",
         "",
@@ -135,7 +138,8 @@ def run(quick: bool = False) -> str:
         f"and in the middle, 4 heads, 32 groups, additive time embedding): ddpmkit "
         f"{n_ours / 1e6:.3f} M parameters, diffusers {n_theirs / 1e6:.3f} M "
         f"({abs(n_ours - n_theirs) / n_theirs:.1%} apart). Batch {batch} of 3x32x32, fp32, "
-        "1 thread; CPU-time medians of interleaved runs.",
+        f"1 thread; CPU time of {repeats} interleaved repetitions of all eight: medians, and "
+        "the ratio's median and interquartile range over the paired repetitions.",
         "",
         "| measure | layout | ddpmkit | diffusers | ratio (target <= 0.9) |",
         "|---|---|---:|---:|---:|",
@@ -146,7 +150,8 @@ def run(quick: bool = False) -> str:
             b = times[f"diffusers {what} {layout}"]
             label = "training step (forward + backward)" if what == "train" else "inference"
             lines.append(
-                f"| {label} | {layout} | {a * 1e3:.0f} ms | {b * 1e3:.0f} ms | {a / b:.3f} |"
+                f"| {label} | {layout} | {median(a) * 1e3:.0f} ms | {median(b) * 1e3:.0f} ms | "
+                f"{paired_ratio(a, b)} |"
             )
     lines.append("")
     return "\n".join(lines)

@@ -101,6 +101,7 @@ class DiffusionModel(nn.Module):
         # id -> (tensor, index) of the tensors made by step_tensors() (holding the tensor keeps
         # its id from being reused); a dict, so updating it skips nn.Module.__setattr__
         self._step_tensors: dict[int, tuple[torch.Tensor, int]] = {}
+        self._step_tensors_for: tuple[list[int], int, torch.device] | None = None
         self._set_tables(schedule.alphas_cumprod)
         if isinstance(schedule, LearnableSchedule):
             self.register_load_state_dict_post_hook(lambda module, keys: module.refresh_schedule())
@@ -154,12 +155,16 @@ class DiffusionModel(nn.Module):
         """One ``(batch,)`` tensor per training index of a sampling chain, made in one go.
 
         Each is a read-only broadcast view holding one index. The model remembers them (until
-        the next call): :meth:`alpha_sigma` answers these very tensor objects from host
-        scalars, so a sampling step pays for no gather and no broadcast column.
+        a call for other indices; a call for the same ones returns the same tensors):
+        :meth:`alpha_sigma` answers these very tensor objects from host scalars, so a sampling
+        step pays for no gather and no broadcast column.
         """
         device = self.alphas_cumprod.device
+        if self._step_tensors_for == (indices, batch, device):
+            return [t for t, _ in self._step_tensors.values()]  # the same chain again
         table = torch.tensor(indices, dtype=torch.long).to(device)[:, None]
         tensors = list(table.expand(len(indices), batch).unbind())
+        self._step_tensors_for = (list(indices), batch, device)
         self._step_tensors.clear()
         self._step_tensors.update(
             (id(t), (t, index)) for t, index in zip(tensors, indices, strict=True)
@@ -267,7 +272,8 @@ class DiffusionModel(nn.Module):
         """Convert a raw network output (first ``C`` channels) to eps and x0."""
         alpha, sigma = self.alpha_sigma(t, x_t.ndim)
         channels = x_t.shape[1]
-        eps, x0 = self.parameterization.to_eps_x0(output[:, :channels], x_t, alpha, sigma)
+        mean_output = output[:, :channels] if output.shape[1] > channels else output
+        eps, x0 = self.parameterization.to_eps_x0(mean_output, x_t, alpha, sigma)
         return Prediction(eps=eps, x0=x0, output=output)
 
     def with_x0(
@@ -404,11 +410,17 @@ class DiffusionModel(nn.Module):
         if eps is None:
             eps = randn_like(x0, generator)
         # line 5: regress the parameterization's target at x_t = sqrt(abar) x0 + sqrt(1-abar) eps
-        x_t = self.q_sample(x0, t, eps)
         alpha, sigma = self.alpha_sigma(t, x0.ndim)
+        x_t = alpha * x0 + sigma * eps  # q_sample, with alpha and sigma gathered once
         target = self.parameterization.target(x0, eps, alpha, sigma)
         output = self.denoiser(x_t, t, cond)
-        error = (output[:, :channels].float() - target.float()).pow(2).flatten(1).mean(dim=1)
+        # (a view of the first C channels only when there are more: a slice costs a copy in
+        # the backward pass)
+        mean_output = output[:, :channels] if output.shape[1] > channels else output
+        # the squared error per example (mse_loss's fused kernels, the same numbers as
+        # (output - target).pow(2))
+        squared = nn.functional.mse_loss(mean_output.float(), target.float(), reduction="none")
+        error = squared.flatten(1).mean(dim=1)
         if weighting is not None:
             factor = self.parameterization.eps_error_factor(alpha, sigma).flatten()
             error = error * (weighting.weights(t, self).to(error.device) * factor).float()

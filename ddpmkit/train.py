@@ -62,6 +62,10 @@ class EMA:
         for key, value in module.state_dict().items():
             shadow = self.shadow[key]
             if shadow.is_floating_point() and shadow.dtype == value.dtype:
+                if shadow.stride() != value.stride():
+                    # the model changed a tensor's layout (a U-Net made its weights channels-
+                    # last): follow it once, a lerp between two layouts is slow
+                    shadow = self.shadow[key] = torch.empty_like(value).copy_(shadow)
                 floats[0].append(shadow)
                 floats[1].append(value.detach())
             elif shadow.is_floating_point():
@@ -183,8 +187,10 @@ class Trainer:
         self.condition_dropout = condition_dropout
         self.progress = progress
         self.device = model.alphas_cumprod.device
+        # the trained parameters, listed once: the optimizer's, and the ones clipping visits
+        self.trained = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
-            [p for p in model.parameters() if p.requires_grad],
+            self.trained,
             lr=config.lr,
             betas=config.adam_betas,
             weight_decay=config.weight_decay,
@@ -308,7 +314,7 @@ class Trainer:
         else:
             loss.backward()
         if self.config.grad_clip > 0:
-            norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+            norm = nn.utils.clip_grad_norm_(self.trained, self.config.grad_clip)
             if self.scaler is None:  # fp16's scaler skips steps with overflowed gradients
                 self._check_finite(norm, "gradient norm")  # before the step spreads it
         if self.scaler is not None:

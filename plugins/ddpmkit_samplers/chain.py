@@ -126,6 +126,12 @@ class ChainSampler(Sampler):
         return model.with_x0(pred, x0, x_t, t)
 
 
+def chain_key(model: DiffusionModel, steps: list[int]) -> tuple[object, ...]:
+    """What per-step coefficients computed from the schedule depend on: the visited indices
+    and abar at each (a :meth:`ChainSampler.prepare` keeps its tables while this is equal)."""
+    return tuple(steps), tuple(model.abar_host(t) for t in steps)
+
+
 def dynamic_threshold(x0: torch.Tensor, percentile: float) -> torch.Tensor:
     """Dynamic thresholding of Saharia et al. (2022, Imagen, section 2.3), per sample."""
     # s = the p-th percentile of |x0| over each sample's values, and at least 1

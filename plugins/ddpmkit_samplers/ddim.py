@@ -19,7 +19,7 @@ from ddpmkit import (
     step_variance_formula,
     x0_from_eps,
 )
-from ddpmkit_samplers.chain import ChainSampler, ChainSamplerParams
+from ddpmkit_samplers.chain import ChainSampler, ChainSamplerParams, chain_key
 from ddpmkit_samplers.spacing import SPACING_HELP, IndexSpacing, ddim_timesteps
 
 __all__ = ["DDIMSampler", "DDIMSamplerParams", "ddim_timesteps"]
@@ -56,10 +56,15 @@ class DDIMSampler(ChainSampler):
         return ddim_timesteps(model.T, self.params.steps, self.params.spacing)
 
     def prepare(self, model: DiffusionModel, steps: list[int]) -> None:
-        """Eq. 12's three coefficients of every step, from float64 host numbers, once."""
-        self._coefficients: dict[tuple[int, int], tuple[torch.Tensor, ...]] = {}
+        """Eq. 12's three coefficients of every step, from float64 host numbers, once (and
+        kept while the steps and their abar stay the same: the next chain reuses them)."""
         if self.params.variance != "posterior":
+            self._coefficients: dict[tuple[int, int], tuple[torch.Tensor, ...]] = {}
+            self._prepared_for = None
             return  # the model's variance may depend on the network output: per step
+        key = chain_key(model, steps)
+        if key == getattr(self, "_prepared_for", None):
+            return
         pairs = list(zip(steps, [*steps[1:], -1], strict=True))
         rows = []
         for t, s in pairs:
@@ -72,6 +77,7 @@ class DDIMSampler(ChainSampler):
         # one tensor, split into 0-dim CPU tensors (scalars on any device) in three calls
         columns = [c.unbind() for c in torch.tensor(rows, dtype=torch.float32).T]
         self._coefficients = dict(zip(pairs, zip(*columns, strict=True), strict=True))
+        self._prepared_for = key
 
     def step(
         self,

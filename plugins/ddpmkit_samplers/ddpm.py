@@ -8,7 +8,7 @@ import torch
 from pydantic import Field
 
 from ddpmkit import DiffusionModel, Prediction, posterior_mean_coefficients, randn_like
-from ddpmkit_samplers.chain import ChainSampler, ChainSamplerParams
+from ddpmkit_samplers.chain import ChainSampler, ChainSamplerParams, chain_key
 from ddpmkit_samplers.spacing import SPACING_HELP, IndexSpacing, ddim_timesteps
 
 
@@ -51,10 +51,15 @@ class DDPMSampler(ChainSampler):
 
     def prepare(self, model: DiffusionModel, steps: list[int]) -> None:
         """With sigma^2 = beta_{t|s} (no variance component), every step's mean coefficients
-        and sigma, from float64 host numbers, once."""
-        self._coefficients: dict[tuple[int, int], tuple[torch.Tensor, ...]] = {}
+        and sigma, from float64 host numbers, once (and kept while the steps, their abar and
+        the variance floor stay the same: the next chain reuses them)."""
         if model.variance is not None:
+            self._coefficients: dict[tuple[int, int], tuple[torch.Tensor, ...]] = {}
+            self._prepared_for = None
             return  # a variance component may depend on the network output: per step
+        key = (model.variance_floor, *chain_key(model, steps))
+        if key == getattr(self, "_prepared_for", None):
+            return
         pairs = list(zip(steps, [*steps[1:], -1], strict=True))
         rows = []
         for t, s in pairs:
@@ -63,6 +68,7 @@ class DDPMSampler(ChainSampler):
         # one tensor, split into 0-dim CPU tensors (scalars on any device) in three calls
         columns = [c.unbind() for c in torch.tensor(rows, dtype=torch.float32).T]
         self._coefficients = dict(zip(pairs, zip(*columns, strict=True), strict=True))
+        self._prepared_for = key
 
     def step(
         self,

@@ -22,6 +22,25 @@ def zero_init(module: M) -> M:
     return module
 
 
+class Conv1x1(nn.Conv2d):
+    """A 1x1 convolution (the residual blocks' skip projection), computed on the CPU as the
+    matrix product over channels it is when the input is channels-last: PyTorch's CPU path for
+    1x1 convolutions is its slow im2col one. Same parameters (``weight`` ``(C_out, C_in, 1,
+    1)``, ``bias``) and the same outputs; the weight gradient sums over the batch in another
+    order (last-bit differences). Elsewhere (GPUs) an ordinary convolution."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(in_channels, out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C_in, H, W)`` -> ``(B, C_out, H, W)``, channels-last on the CPU."""
+        if x.device.type != "cpu" or not x.is_contiguous(memory_format=torch.channels_last):
+            return super().forward(x)
+        # channels-last memory is (B, H, W, C): a linear map of its last dimension
+        out = F.linear(x.permute(0, 2, 3, 1), self.weight.flatten(1), self.bias)
+        return out.permute(0, 3, 1, 2)
+
+
 class ResBlock(nn.Module):
     """Residual block with timestep conditioning (Ho et al. 2020; Dhariwal & Nichol 2021).
 
@@ -50,9 +69,7 @@ class ResBlock(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         self.skip: nn.Module = (
-            nn.Identity()
-            if in_channels == out_channels
-            else nn.Conv2d(in_channels, out_channels, 1)
+            nn.Identity() if in_channels == out_channels else Conv1x1(in_channels, out_channels)
         )
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:

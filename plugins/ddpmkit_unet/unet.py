@@ -273,6 +273,22 @@ class UNet(Denoiser):
             )
         return context.to(x_t.dtype), None if mask is None else mask.to(torch.bool)
 
+    def _conv_weights_channels_last(self, channels_last: bool) -> None:
+        """Store the convolution weights channels-last (or back in the default layout), in
+        place, when they are not already: on the CPU in float32 the activations are
+        channels-last, and a weight in another layout is reordered at every call. The same
+        parameter objects keep the same values (optimizers and checkpoints are unaffected)."""
+        weight = self.conv_in.weight
+        if weight.is_contiguous(memory_format=torch.channels_last) == channels_last:
+            return
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        # a plain tensor even when called under inference mode (sampling), so training later
+        # can still save it for backward
+        with torch.inference_mode(False), torch.no_grad():
+            for module in self.modules():
+                if isinstance(module, nn.Conv2d):
+                    module.weight.data = module.weight.data.contiguous(memory_format=layout)
+
     def _run(self, block: nn.Module, *args: torch.Tensor | None) -> torch.Tensor:
         """``block(*args)``, recomputed in the backward pass under gradient checkpointing."""
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
@@ -289,11 +305,14 @@ class UNet(Denoiser):
         emb = self._embedding(t, cond, x_t)
         context, mask = self._context(cond, x_t)
 
-        if h.device.type == "cpu" and not _cpu_autocast():
+        if h.device.type == "cpu":
             # oneDNN's native layout for float32: every convolution then skips two reorders
-            # (5-8% faster in bench/speed_unet.py; under bf16 autocast it is slower, so not
-            # then); on GPUs train.channels_last decides
-            h = h.contiguous(memory_format=torch.channels_last)
+            # of its input and one of its weight (bench/speed_unet.py; under bf16 autocast it
+            # is slower, so not then); on GPUs train.channels_last decides
+            fp32 = not _cpu_autocast()
+            self._conv_weights_channels_last(fp32)
+            if fp32:
+                h = h.contiguous(memory_format=torch.channels_last)
         h = self.conv_in(h)
         skips = [h]
         run = self._run

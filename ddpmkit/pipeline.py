@@ -121,6 +121,9 @@ class Pipeline:
                     ):
                         if dim:
                             fill[key] = dim
+            elif where == "conditioner":  # a conditioning image has the data's shape
+                data = built["data"]
+                fill = {"channels": data.channels, "image_size": data.image_size}
             built[where] = _build(kind, where, section, **fill)
         model = DiffusionModel(
             built["schedule"],
@@ -234,6 +237,8 @@ class Pipeline:
             if conditioner is None:
                 raise ConfigError("sample.labels needs a [conditioner]")
             self.sample_conditions(1)
+        elif self.config.sample is not None and conditioner is not None:
+            self.sample_conditions(1)  # the conditioner can say what to sample with
         if eval_cfg is not None and eval_cfg.attributes:
             if self.sampler is None:
                 raise ConfigError("eval.attributes = true needs a [sample] section")
@@ -296,9 +301,11 @@ class Pipeline:
             )
         # one tiny forward pass catches every shape mismatch the denoiser knows of
         probe = torch.zeros((1, *self.sample_shape), device=self.device)
+        # a channel-conditioned network always needs its channels: give it the null condition
+        null = conditioner.null(1, self.device) if conditioner is not None else None
         try:
             with torch.no_grad():
-                denoiser(probe, torch.zeros(1, dtype=torch.long, device=self.device), None)
+                denoiser(probe, torch.zeros(1, dtype=torch.long, device=self.device), null)
         except (ValueError, RuntimeError) as exc:
             raise ConfigError(
                 f"denoiser {self.config.denoiser.type!r} cannot take data of shape "
@@ -514,8 +521,12 @@ class Pipeline:
             if readings is None:  # check_compatible refuses this; a data set may still change
                 raise ConfigError("eval.attributes: the data set cannot read images back")
             results["attributes"] = attribute_diversity(readings)
-            if model.conditioner is not None:
-                raw = self.sample_conditions(cfg.attributes_samples)
+            raw = (
+                self.sample_conditions(cfg.attributes_samples)
+                if model.conditioner is not None
+                else None
+            )
+            if raw is not None and raw.ndim == 1:  # labels: their attributes are the asked ones
                 wanted = [self.eval_dataset.label_attributes(int(label)) for label in raw]
                 if all(w is not None for w in wanted):
                     results["attributes"]["adherence"] = attribute_adherence(

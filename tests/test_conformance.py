@@ -187,9 +187,19 @@ class TestBundledDatasets(DatasetContract):
 
 class TestBundledConditioners(ConditionerContract):
     distribution = BUNDLED
-    params_by_name: ClassVar[dict[str, dict[str, Any]]] = {"class": {"num_classes": 3}}
+    params_by_name: ClassVar[dict[str, dict[str, Any]]] = {
+        "class": {"num_classes": 3},
+        "image": {"image_size": 8, "data": {"type": "shapes", "image_size": 8}},
+        "low-res": {"image_size": 8, "low_res": 4, "embed_dim": 6},
+    }
 
     def raw_conditions(self, name: str, batch: int) -> Any:
+        images = torch.rand(batch, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+        if name == "image":  # images with a known-mask: one all known, one all unknown
+            known = (torch.arange(batch) % 2).float().reshape(-1, 1, 1, 1).expand(-1, 1, 8, 8)
+            return torch.cat([images, known], dim=1)
+        if name == "low-res":  # 4x4 images, enlarged to 8x8
+            return images[..., ::2, ::2]
         return torch.arange(batch) % 3 - (torch.arange(batch) == 0).long()  # -1 is the null
 
 

@@ -27,6 +27,8 @@ from ddpmkit.interfaces import (
     Sampler,
     SamplerCallback,
     SamplerStep,
+    Stage,
+    StageContext,
     TrainingObjective,
 )
 from ddpmkit.model import (
@@ -45,6 +47,7 @@ from ddpmkit.model import (
 from ddpmkit.plugin_policy import PLUGIN_API_VERSION
 from ddpmkit.registry import create, register
 from ddpmkit.runinfo import RunInfo
+from ddpmkit.stages import fit_network, load_network
 
 __version__ = "0.1.0"
 
@@ -77,15 +80,19 @@ __all__ = [
     "Sampler",
     "SamplerCallback",
     "SamplerStep",
+    "Stage",
+    "StageContext",
     "TrainingObjective",
     "__version__",
     "broadcast",
     "column",
     "create",
     "eps_from_x0",
+    "fit_network",
     "guided_predict",
     "hookimpl",
     "load_image",
+    "load_network",
     "make_grid",
     "posterior_mean_coefficients",
     "randn",

@@ -77,7 +77,10 @@ def _run(args: argparse.Namespace, config: PipelineConfig, dist: DistContext | N
         raise DdpmkitError("--resume continues a run folder, --overwrite replaces it: pick one")
     if args.resume is not None:
         resume = Path(args.resume) if args.resume != "latest" else latest_run_directory(config)
-        if not list((resume / "checkpoints").glob("step-*.safetensors")):
+        # a run stopped during its [stages] has no checkpoint yet, but a stages folder
+        if not list((resume / "checkpoints").glob("step-*.safetensors")) and not (
+            config.stages and (resume / "stages").is_dir()
+        ):
             raise DdpmkitError(f"--resume: no checkpoint in {resume / 'checkpoints'}")
     start = time.perf_counter()
     main = dist is None or dist.is_main
@@ -105,6 +108,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         config = config.model_copy(update={"eval": EvalConfig()})
     pipeline = Pipeline.build(config)
     directory = Path(args.run) if args.run else latest_run_directory(config)
+    pipeline.attach_stages(directory)  # e.g. the classifier a guidance reads
     checkpoint = Path(args.checkpoint) if args.checkpoint else None
     if checkpoint is None:
         found = list_checkpoints(directory / "checkpoints")

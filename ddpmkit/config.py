@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -250,6 +251,13 @@ class PipelineConfig(Section):
             "an unconditional model."
         ),
     )
+    stages: dict[str, ComponentConfig] = Field(
+        default_factory=dict,
+        description=(
+            "Named stages run in order before [train], each a `[stages.<name>]` table with a "
+            "`type` (e.g. `train-classifier`) and its params; a component names one by its name."
+        ),
+    )
     train: TrainConfig | None = Field(None, description="Training stage (absent: skipped).")
     sample: SampleConfig | None = Field(None, description="Sampling stage (absent: skipped).")
     eval: EvalConfig | None = Field(None, description="Evaluation stage (absent: skipped).")
@@ -257,6 +265,15 @@ class PipelineConfig(Section):
     plugins: PluginsConfig = Field(
         default_factory=lambda: PluginsConfig(), description="Plugins to block or allow."
     )
+
+    @field_validator("stages")
+    @classmethod
+    def _plain_stage_names(cls, v: dict[str, ComponentConfig]) -> dict[str, ComponentConfig]:
+        # a stage's name is its folder's name under <run>/stages/
+        bad = [name for name in v if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name)]
+        if bad:
+            raise ValueError(f"stage names must be letters, digits, '-' and '_': {bad}")
+        return v
 
     @field_validator("device")
     @classmethod
@@ -276,6 +293,8 @@ class PipelineConfig(Section):
         if self.conditioner is not None:
             yield "conditioner", "conditioner", self.conditioner
         yield "denoiser", "denoiser", self.denoiser
+        for name, stage in self.stages.items():
+            yield f"stages.{name}", "stage", stage
         if self.train is not None and self.train.weighting is not None:
             yield "train.weighting", "weighting", self.train.weighting
         if self.train is not None and self.train.objective is not None:

@@ -97,6 +97,8 @@ SECTIONS = {
     "weighting": "train.weighting",
     "sampler": "sample.sampler",
     "guidance": "sample.guidance",
+    "objective": "train.objective",
+    "stage": "stages.<name>",
 }
 """The pipeline.toml section of each kind whose section is not named after the kind."""
 

@@ -15,7 +15,8 @@ Conventions shared by every interface:
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import attrs
@@ -45,11 +46,21 @@ class Component:
     Params: ClassVar[type[_ParamsModel]] = _ParamsModel
     params: _ParamsModel
 
+    stage_params: ClassVar[tuple[str, ...]] = ()
+    """Names of this component's params whose value (when set) names a ``[stages.<name>]``
+    table whose output it uses: a pipeline checks each names a stage before anything runs,
+    and hands the stages' folders to :meth:`attach` once they ran."""
+
     def __init__(self, params: _ParamsModel | None = None) -> None:
         self._set_params(params)
 
     def _set_params(self, params: _ParamsModel | None) -> None:
         self.params = params if params is not None else self.Params()
+
+    def attach(self, stages: Mapping[str, Path]) -> None:
+        """Receive the output folder of each of the pipeline's stages, by stage name, after
+        they ran and before this component is used (default: nothing to receive). A component
+        with :attr:`stage_params` loads what it needs from ``stages[name]`` here."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -569,6 +580,44 @@ class TrainingObjective(Component, abc.ABC):
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Restore :meth:`state_dict` from a checkpoint."""
+
+
+@attrs.frozen
+class StageContext:
+    """What a :class:`Stage` runs with.
+
+    ``directory`` is the stage's own output folder, ``<run>/stages/<name>/``, created empty;
+    ``model`` is the pipeline's diffusion model before its ``[train]`` (its schedule and
+    forward process are what a noise-aware network trains on); ``dataset`` is the training
+    data; all randomness comes from ``seed``; ``progress`` asks for a progress bar.
+    """
+
+    name: str
+    directory: Path
+    model: DiffusionModel
+    dataset: Dataset
+    device: torch.device
+    seed: int
+    progress: bool = True
+
+
+class Stage(Component, abc.ABC):
+    """A step a pipeline runs before its ``[train]`` (kind ``stage``; ``[stages.<name>]``).
+
+    A stage makes something another component uses: a noise-aware classifier for classifier
+    guidance, a noised CLIP model, the base model of a cascade. :meth:`run` writes its outputs
+    into ``context.directory``; the pipeline marks the stage done when it returns, so a resumed
+    run does not redo it, and passes the folder to the components that name the stage (see
+    :attr:`Component.stage_params` and :meth:`Component.attach`).
+    """
+
+    def check(self, model: DiffusionModel, dataset: Dataset) -> None:
+        """Raise :class:`~ddpmkit.ConfigError` if this stage cannot run for ``model`` on
+        ``dataset``; called when the pipeline is built, before any work."""
+
+    @abc.abstractmethod
+    def run(self, context: StageContext) -> None:
+        """Do the stage's work and write its outputs into ``context.directory``."""
 
 
 class LossWeighting(Component, abc.ABC):

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from ddpmkit import distributed, plugin_policy, registry
 from ddpmkit.accel import autocast
-from ddpmkit.checkpoint import load_checkpoint
+from ddpmkit.checkpoint import list_checkpoints, load_checkpoint
 from ddpmkit.config import ComponentConfig, PipelineConfig, config_to_dict
 from ddpmkit.distributed import DistContext
 from ddpmkit.errors import ConfigError, DdpmkitError
@@ -39,11 +39,13 @@ from ddpmkit.interfaces import (
     LossWeighting,
     Sampler,
     SamplerStep,
+    Stage,
     TrainingObjective,
 )
 from ddpmkit.model import DiffusionModel
 from ddpmkit.plots import plot_vlb_terms
 from ddpmkit.runinfo import RunInfo
+from ddpmkit.stages import run_stages, stage_directories
 from ddpmkit.train import Trainer
 
 
@@ -163,6 +165,11 @@ class Pipeline:
         return self.built.get("train.objective")
 
     @property
+    def stages(self) -> dict[str, Stage]:
+        """The ``[stages]``, by name, in the order they run."""
+        return {name: self.built[f"stages.{name}"] for name in self.config.stages}
+
+    @property
     def eval_dataset(self) -> Dataset:
         """The data set ``[eval]`` measures (the training data unless it names another)."""
         return self.built.get("eval.data", self.dataset)
@@ -187,6 +194,7 @@ class Pipeline:
     def check_compatible(self) -> None:
         """Components that cannot work together fail here, before any work is done."""
         denoiser = self.model.denoiser
+        self.check_stages()
         if denoiser.in_channels != self.dataset.channels:
             raise ConfigError(
                 f"denoiser.in_channels = {denoiser.in_channels} but data {self.config.data.type!r}"
@@ -312,6 +320,30 @@ class Pipeline:
                 f"{tuple(self.sample_shape)}: {exc}"
             ) from exc
 
+    def check_stages(self) -> None:
+        """Each stage can run on this model and data, and every stage a component names by a
+        param in its ``stage_params`` is a ``[stages.<name>]`` table of this file."""
+        for name, stage in self.stages.items():
+            try:
+                stage.check(self.model, self.dataset)
+            except ConfigError as exc:
+                raise ConfigError(f"stages.{name}: {exc}") from exc
+        for where, component in self.built.items():
+            for key in component.stage_params:
+                wanted = getattr(component.params, key)
+                if wanted is not None and wanted not in self.config.stages:
+                    known = ", ".join(self.config.stages) or "none"
+                    raise ConfigError(
+                        f"{where}.{key} = {wanted!r} names no [stages.{wanted}] table "
+                        f"(this file's stages: {known})"
+                    )
+
+    def attach_stages(self, directory: Path) -> None:
+        """Hand every component the stage folders of the run folder ``directory``."""
+        folders = stage_directories(directory, list(self.config.stages))
+        for component in self.built.values():
+            component.attach(folders)
+
     # -- running -----------------------------------------------------------------------------
 
     def run(
@@ -342,6 +374,17 @@ class Pipeline:
         status = "failed"
         try:
             model = self.model
+            if self.stages:
+                run_stages(
+                    self.stages,
+                    directory,
+                    model=self.model,
+                    dataset=self.dataset,
+                    device=self.device,
+                    seed=self.config.seed,
+                    progress=progress,
+                )
+            self.attach_stages(directory)
             if self.config.train is not None:
                 trainer = self.trainer(
                     directory,
@@ -355,7 +398,7 @@ class Pipeline:
                     ),
                     progress=progress,
                 )
-                if resume is not None:
+                if resume is not None and list_checkpoints(directory / "checkpoints"):
                     trainer.resume()
                 trainer.train()
                 use_ema = self.config.sample is None or self.config.sample.use_ema
@@ -400,7 +443,7 @@ class Pipeline:
         directory = Path(distributed.broadcast_object(None, dist))
         if self.config.train is not None:
             trainer = self.trainer(directory, dist, progress=False)
-            if resume is not None:
+            if resume is not None and list_checkpoints(directory / "checkpoints"):
                 trainer.resume()
             trainer.train()
         return directory

@@ -28,6 +28,7 @@ KIND_GROUPS: Mapping[str, str] = {
     "variance": "ddpmkit.variances",
     "weighting": "ddpmkit.weightings",
     "objective": "ddpmkit.objectives",
+    "stage": "ddpmkit.stages",
 }
 """Each component kind and the entry-point group its plugins register in."""
 

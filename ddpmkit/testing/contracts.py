@@ -34,6 +34,8 @@ from ddpmkit.interfaces import (
     ReverseVariance,
     Sampler,
     SamplerStep,
+    Stage,
+    StageContext,
     TrainingObjective,
 )
 from ddpmkit.model import DiffusionModel
@@ -41,6 +43,7 @@ from ddpmkit.runinfo import RunInfo
 from ddpmkit.testing.reference import (
     GaussianDenoiser,
     IdentityGuidance,
+    ReferenceImages,
     ReferenceSchedule,
     ShiftGuidance,
     dumps_toml,
@@ -647,6 +650,53 @@ class ObjectiveContract(ComponentContract):
             assert torch.equal(again[key], value), key
 
 
+class StageContract(ComponentContract):
+    """Stages: accept the reference model and data, write their outputs into their own folder
+    and nowhere else, and write the same tensors from the same seed."""
+
+    kind = "stage"
+    interface = Stage
+
+    def model_for(self, name: str) -> DiffusionModel:
+        """The pipeline model the stage runs beside (default: the reference model)."""
+        return reference_model()
+
+    def dataset_for(self, name: str) -> Dataset:
+        """The data the stage runs on (default: :class:`ReferenceImages`, two classes of
+        ``(2, 4, 4)`` images with captions)."""
+        return ReferenceImages()
+
+    def _run(self, name: str, tmp_path: Path, folder: str) -> Path:
+        stage: Stage = self.build(name, tmp_path)
+        model, data = self.model_for(name), self.dataset_for(name)
+        stage.check(model, data)
+        directory = tmp_path / folder / "stages" / "under-test"
+        directory.mkdir(parents=True)
+        torch.manual_seed(0)
+        stage.run(StageContext("under-test", directory, model, data, torch.device("cpu"), 0, False))
+        return directory
+
+    def test_writes_into_its_folder_only(self, component_name: str, tmp_path: Path) -> None:
+        directory = self._run(component_name, tmp_path, "run")
+        written = [p for p in (tmp_path / "run").rglob("*") if p.is_file()]
+        assert written, "the stage wrote nothing"
+        outside = [p for p in written if directory not in p.parents]
+        assert not outside, f"written outside the stage's folder: {outside}"
+
+    def test_same_seed_same_outputs(self, component_name: str, tmp_path: Path) -> None:
+        from safetensors.torch import load_file
+
+        first = self._run(component_name, tmp_path, "a")
+        second = self._run(component_name, tmp_path, "b")
+        files = sorted(p.relative_to(first) for p in first.rglob("*.safetensors"))
+        assert files == sorted(p.relative_to(second) for p in second.rglob("*.safetensors"))
+        for relative in files:
+            a, b = load_file(first / relative), load_file(second / relative)
+            assert a.keys() == b.keys()
+            for key in a:
+                assert torch.equal(a[key], b[key]), f"{relative}: {key} differs"
+
+
 class HookPluginContract:
     """Hook plugins: every ``@hookimpl`` matches a hook specification, and a whole run's events
     go through it without error. Set ``name`` (its ``ddpmkit.plugins`` entry point) or
@@ -714,4 +764,5 @@ def contract_classes() -> Iterable[type[ComponentContract]]:
         VarianceContract,
         WeightingContract,
         ObjectiveContract,
+        StageContract,
     )

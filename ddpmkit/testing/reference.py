@@ -14,7 +14,9 @@ from torch import nn
 from ddpmkit import registry
 from ddpmkit.interfaces import (
     Conditioning,
+    Dataset,
     Denoiser,
+    Example,
     Guidance,
     NoiseSchedule,
     Parameterization,
@@ -109,6 +111,32 @@ def reference_model(
         variance=variance,
         decoder=decoder,  # type: ignore[arg-type]
     )
+
+
+class ReferenceImages(Dataset):
+    """64 labelled ``(2, 4, 4)`` images: class k is N(k - 1/2, DATA_STD^2 I) clipped to
+    [-1, 1], labels alternate 0, 1, and captions read ``"a dark image"`` / ``"a bright image"``
+    (what the kit runs stages on)."""
+
+    channels = 2
+    image_size = 4
+    num_classes = 2
+    CAPTIONS = ("a dark image", "a bright image")
+
+    def __init__(self) -> None:
+        super().__init__()
+        noise = torch.randn(64, 2, 4, 4, generator=torch.Generator().manual_seed(7))
+        self.labels = torch.arange(64) % 2
+        self.images = (DATA_STD * noise + (self.labels - 0.5)[:, None, None, None]).clamp(-1, 1)
+
+    def __len__(self) -> int:
+        return 64
+
+    def __getitem__(self, index: int) -> Example:
+        if not -64 <= index < 64:
+            raise IndexError(index)
+        label = int(self.labels[index])
+        return Example(image=self.images[index], label=label, caption=self.CAPTIONS[label])
 
 
 class IdentityGuidance(Guidance):

@@ -1,0 +1,143 @@
+"""A pipeline's ``[stages]``: running them into the run folder, and the training loop that
+stages which train an auxiliary network (a noise-aware classifier, a noised CLIP) share."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ddpmkit.checkpoint import load_checkpoint, save_checkpoint
+from ddpmkit.errors import DdpmkitError
+from ddpmkit.interfaces import Batch, Dataset, Stage, StageContext
+from ddpmkit.model import DiffusionModel
+from ddpmkit.train import batch_indices
+
+DONE_FILE = "stage.json"
+"""Written into a stage's folder when its :meth:`~ddpmkit.Stage.run` returned."""
+
+WEIGHTS_FILE = "model.safetensors"
+"""Where :func:`fit_network` writes the network it trained, in the stage's folder."""
+
+StageLoss = Callable[[Batch, torch.Generator], tuple[torch.Tensor, dict[str, float]]]
+"""``(batch, generator) -> (scalar loss, numbers to log)``: one training step's loss."""
+
+
+def stage_directories(run: Path, names: Mapping[str, object] | list[str]) -> dict[str, Path]:
+    """``<run>/stages/<name>`` for each stage name."""
+    return {name: run / "stages" / name for name in names}
+
+
+def run_stages(
+    stages: Mapping[str, Stage],
+    run: Path,
+    *,
+    model: DiffusionModel,
+    dataset: Dataset,
+    device: torch.device,
+    seed: int,
+    progress: bool = True,
+) -> dict[str, Path]:
+    """Run each stage in order into ``<run>/stages/<name>/``; returns the folders by name.
+
+    A stage whose folder holds :data:`DONE_FILE` finished in an earlier run of this folder
+    (``--resume``) and is kept; a folder without it is what an interrupted stage left, and is
+    emptied and the stage run again.
+    """
+    folders = stage_directories(run, list(stages))
+    for name, stage in stages.items():
+        folder = folders[name]
+        if (folder / DONE_FILE).is_file():
+            if progress:
+                print(f"stage {name}: finished in an earlier run, kept")
+            continue
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+        stage.run(StageContext(name, folder, model, dataset, device, seed, progress))
+        done = {"type": type(stage).__name__, "params": stage.params.model_dump(mode="json")}
+        tmp = folder / f".{DONE_FILE}.tmp"
+        tmp.write_text(json.dumps(done, indent=2) + "\n")
+        tmp.replace(folder / DONE_FILE)
+    return folders
+
+
+def fit_network(
+    network: nn.Module,
+    loss_fn: StageLoss,
+    context: StageContext,
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    log_every: int = 50,
+    metadata: Mapping[str, object] | None = None,
+) -> Path:
+    """Train ``network`` with AdamW on ``loss_fn`` over shuffled batches of the stage's data,
+    then save it to ``<stage folder>/model.safetensors`` (with ``metadata``); returns the path.
+
+    Shows step, loss, it/s and ETA; every ``log_every`` steps appends the mean of the logged
+    numbers to the stage's ``metrics.jsonl``. The data order is
+    :func:`~ddpmkit.train.batch_indices` of the stage's seed and the noise comes from one
+    generator seeded with it, so the same seed trains the same network.
+    """
+    network.to(context.device).train()
+    optimizer = torch.optim.AdamW(network.parameters(), lr=lr)
+    generator = torch.Generator().manual_seed(context.seed)
+    size = min(batch_size, len(context.dataset))
+    bar = tqdm(range(steps), desc=f"stage {context.name}", disable=not context.progress)
+    window: dict[str, float] = {}
+    count = 0
+    start = time.perf_counter()
+    with (context.directory / "metrics.jsonl").open("a") as log:
+        for step in bar:
+            indices = batch_indices(len(context.dataset), size, step, context.seed)
+            batch = context.dataset.batch(indices)
+            loss, numbers = loss_fn(batch, generator)
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise DdpmkitError(
+                    f"stage {context.name}: the loss is {value} at step {step + 1}; lower its lr"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            for key, number in {"loss": value, **numbers}.items():
+                window[key] = window.get(key, 0.0) + number
+            count += 1
+            if (step + 1) % log_every == 0 or step + 1 == steps:
+                means = {key: total / count for key, total in window.items()}
+                elapsed = time.perf_counter() - start
+                log.write(json.dumps({"step": step + 1, **means, "time": elapsed}) + "\n")
+                log.flush()
+                bar.set_postfix({k: f"{v:.4g}" for k, v in means.items()})
+                window, count = {}, 0
+    bar.close()
+    network.eval()
+    return save_checkpoint(
+        context.directory / WEIGHTS_FILE, network.state_dict(), dict(metadata or {}, steps=steps)
+    )
+
+
+def load_network(network: nn.Module, folder: Path, *, what: str) -> nn.Module:
+    """Load the weights :func:`fit_network` saved in ``folder`` into ``network`` (eval mode,
+    no gradients); ``what`` names the user of the weights in the error of a missing or
+    mismatched file."""
+    path = folder / WEIGHTS_FILE
+    if not path.is_file():
+        raise DdpmkitError(f"{what}: {path} does not exist (has its stage run?)")
+    tensors, _ = load_checkpoint(path)
+    try:
+        network.load_state_dict(tensors)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise DdpmkitError(f"{what}: {path} does not fit the network: {first}") from exc
+    network.requires_grad_(False)
+    return network.eval()

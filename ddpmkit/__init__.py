@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ddpmkit.config import ComponentConfig, PipelineConfig, SampleConfig, TrainConfig
 from ddpmkit.embeddings import timestep_features
 from ddpmkit.errors import ConfigError, DataError, DdpmkitError, PluginError
 from ddpmkit.hookspecs import hookimpl
@@ -44,6 +45,7 @@ from ddpmkit.model import (
     step_variance_formula,
     x0_from_eps,
 )
+from ddpmkit.pipeline import Pipeline
 from ddpmkit.plugin_policy import PLUGIN_API_VERSION
 from ddpmkit.registry import create, register
 from ddpmkit.runinfo import RunInfo
@@ -55,6 +57,7 @@ __all__ = [
     "PLUGIN_API_VERSION",
     "Batch",
     "Component",
+    "ComponentConfig",
     "Conditioner",
     "Conditioning",
     "ConfigError",
@@ -72,16 +75,20 @@ __all__ = [
     "NoiseSchedule",
     "Parameterization",
     "Params",
+    "Pipeline",
+    "PipelineConfig",
     "PluginError",
     "PredictFn",
     "Prediction",
     "ReverseVariance",
     "RunInfo",
+    "SampleConfig",
     "Sampler",
     "SamplerCallback",
     "SamplerStep",
     "Stage",
     "StageContext",
+    "TrainConfig",
     "TrainingObjective",
     "__version__",
     "broadcast",

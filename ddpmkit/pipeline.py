@@ -245,7 +245,11 @@ class Pipeline:
             if conditioner is None:
                 raise ConfigError("sample.labels needs a [conditioner]")
             self.sample_conditions(1)
-        elif self.config.sample is not None and conditioner is not None:
+        elif (
+            self.config.sample is not None
+            and conditioner is not None
+            and not any(getattr(conditioner.params, key) for key in conditioner.stage_params)
+        ):
             self.sample_conditions(1)  # the conditioner can say what to sample with
         if eval_cfg is not None and eval_cfg.attributes:
             if self.sampler is None:

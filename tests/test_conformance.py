@@ -27,6 +27,7 @@ from ddpmkit.testing import (
     ReferenceSchedule,
     SamplerContract,
     ScheduleContract,
+    StageContract,
     VarianceContract,
     WeightingContract,
     contract_classes,
@@ -201,6 +202,28 @@ class TestBundledConditioners(ConditionerContract):
         if name == "low-res":  # 4x4 images, enlarged to 8x8
             return images[..., ::2, ::2]
         return torch.arange(batch) % 3 - (torch.arange(batch) == 0).long()  # -1 is the null
+
+
+TINY_BASE = {
+    "data": {"type": "shapes", "image_size": 8, "num_examples": 8},
+    "denoiser": {
+        "type": "unet",
+        "base_channels": 8,
+        "channel_mults": [1, 2],
+        "num_res_blocks": 1,
+        "groups": 4,
+        "attention_levels": [],
+    },
+    "schedule": {"type": "cosine", "timesteps": 20},
+    "train": {"steps": 2, "batch_size": 4, "log_every": 1},
+    "sample": {"num_samples": 2, "batch_size": 2, "sampler": {"type": "ddim", "steps": 2}},
+}
+
+
+class TestBundledStages(StageContract):
+    distribution = BUNDLED
+    # the cascade's base model: a two-step training of a tiny U-Net on 8x8 shapes
+    params_by_name: ClassVar[dict[str, dict[str, Any]]] = {"diffusion": TINY_BASE}
 
 
 class TestBundledGuidance(GuidanceContract):

@@ -277,3 +277,98 @@ def test_pipeline_trains_and_samples_a_super_resolution_model(write_pipeline, tm
     assert main(["run", str(path), "--quiet"]) == 0
     (run,) = (tmp_path / "runs").iterdir()
     assert (run / "samples.png").is_file()
+
+
+CASCADE = """
+seed = 1
+device = "cpu"
+
+[stages.base]
+type = "diffusion"
+data = { type = "shapes", image_size = 8, num_examples = 16 }
+schedule = { type = "cosine", timesteps = 20 }
+train = { steps = 2, batch_size = 4 }
+sample = { num_samples = 3, batch_size = 3, sampler = { type = "ddim", steps = 2 } }
+
+[stages.base.denoiser]
+type = "unet"
+base_channels = 8
+channel_mults = [1, 2]
+num_res_blocks = 1
+groups = 4
+
+[data]
+type = "shapes"
+image_size = 16
+num_examples = 16
+
+[schedule]
+type = "cosine"
+timesteps = 20
+
+[conditioner]
+type = "low-res"
+low_res = 8
+embed_dim = 8
+level = 0.25
+stage = "base"
+
+[denoiser]
+type = "unet"
+base_channels = 8
+channel_mults = [1, 2]
+num_res_blocks = 1
+groups = 4
+
+[train]
+steps = 2
+batch_size = 4
+
+[sample]
+num_samples = 3
+batch_size = 3
+
+[sample.sampler]
+type = "ddim"
+steps = 2
+
+[output]
+dir = "{runs}"
+name = "cascade"
+"""
+
+
+def test_cascade_samples_the_super_resolution_model_on_the_base_stages_samples(tmp_path) -> None:
+    """The example's shape through ``ddpmkit run``: the ``diffusion`` stage trains and samples
+    the 8x8 base model into stages/base/, and the 16x16 model samples one image per base
+    sample, conditioned on exactly those images."""
+    from ddpmkit.cli import main
+    from ddpmkit.config import load_config
+    from ddpmkit.pipeline import Pipeline
+    from ddpmkit_conditioning.cascade import load_stage_samples
+
+    path = tmp_path / "cascade.toml"
+    path.write_text(CASCADE.replace("{runs}", str(tmp_path / "runs")))
+    assert main(["run", str(path), "--quiet"]) == 0
+    run = tmp_path / "runs" / "cascade"
+    base = load_stage_samples(run / "stages" / "base")
+    assert base.shape == (3, 3, 8, 8) and (run / "stages" / "base" / "samples.png").is_file()
+    assert (run / "samples.png").is_file()
+    pipeline = Pipeline.build(load_config(path))
+    pipeline.attach_stages(run)
+    assert torch.equal(pipeline.sample_conditions(4), base[[0, 1, 2, 0]])
+
+
+def test_cascade_config_errors_name_the_key(tmp_path, capsys) -> None:
+    from ddpmkit.cli import main
+
+    path = tmp_path / "cascade.toml"
+    for old, new, message in (
+        ('stage = "base"', 'stage = "nope"', "conditioner.stage = 'nope' names no [stages.nope]"),
+        ("steps = 2, batch_size = 4", "steps = 0", "stages.base.train.steps: Input should be"),
+        ("image_size = 8, num", "image_size = 9, num", "stages.base: the base model: denoiser"),
+    ):
+        path.write_text(CASCADE.replace("{runs}", str(tmp_path / "runs")).replace(old, new, 1))
+        assert main(["validate", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert message in err, err

@@ -3,12 +3,15 @@ augmentation (Ho et al. 2021, "Cascaded Diffusion Models", section 4.2)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import torch
 from pydantic import Field
 
 from ddpmkit import Batch, Conditioning, randn_like, timestep_features
+from ddpmkit_conditioning.cascade import load_stage_samples
 from ddpmkit_conditioning.image import ImageChannels, ImageParams, resize
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -49,6 +52,13 @@ class LowResConditionerParams(ImageParams):
     embed_dim: int = Field(
         32, ge=2, le=65536, description="Width of the level's sinusoidal embedding."
     )
+    stage: str | None = Field(
+        None,
+        description=(
+            "At sampling: the `[stages.<name>]` (a `diffusion` stage, the cascade's base model) "
+            "whose samples are the low-resolution images; absent: `data`'s images."
+        ),
+    )
 
 
 class LowResConditioner(ImageChannels):
@@ -67,11 +77,18 @@ class LowResConditioner(ImageChannels):
 
     Params = LowResConditionerParams
     params: LowResConditionerParams
+    stage_params: ClassVar[tuple[str, ...]] = ("stage",)
     _model: tuple[DiffusionModel, ...] = ()
 
     def __init__(self, params: LowResConditionerParams | None = None) -> None:
         super().__init__(params)
         self.embedding_dim = self.params.embed_dim if self.params.augment == "noise" else 0
+        self.stage_images: torch.Tensor | None = None
+
+    def attach(self, stages: Mapping[str, Path]) -> None:
+        """Load the named stage's samples: the low-resolution images to sample with."""
+        if self.params.stage is not None:
+            self.stage_images = load_stage_samples(stages[self.params.stage])
 
     def bind(self, model: DiffusionModel) -> None:
         """Keep the model (in a tuple: not a submodule) for its forward process."""
@@ -126,5 +143,12 @@ class LowResConditioner(ImageChannels):
         return resize(batch.images, self.params.low_res)
 
     def default_conditions(self, count: int) -> torch.Tensor:
-        """``data``'s images at ``low_res`` (a base stage's samples are already there)."""
-        return resize(self.data_images(count), self.params.low_res)
+        """The ``stage``'s samples, else ``data``'s images, at ``low_res`` (examples
+        ``offset`` .. ``offset + count - 1``, cycled)."""
+        images = self.stage_images
+        if self.params.stage is None or images is None:
+            return resize(self.data_images(count), self.params.low_res)
+        start = self.params.offset
+        return resize(
+            images[[i % len(images) for i in range(start, start + count)]], self.params.low_res
+        )

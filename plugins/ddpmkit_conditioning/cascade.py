@@ -52,12 +52,9 @@ class DiffusionStageParams(Params):
         description="What its network predicts (a `[parameterization]` table).",
     )
     denoiser: ComponentConfig = Field(description="Its network (a `[denoiser]` table).")
-    train: TrainConfig = Field(
-        default_factory=lambda: TrainConfig(), description="How it is trained (a `[train]` table)."
-    )
+    train: TrainConfig = Field(description="How it is trained (a `[train]` table).")
     sample: SampleConfig = Field(
-        default_factory=lambda: SampleConfig(),
-        description="How its samples, the stage's output, are drawn (a `[sample]` table).",
+        description="How its samples, the stage's output, are drawn (a `[sample]` table)."
     )
 
     @field_serializer("train", "sample")
@@ -70,8 +67,9 @@ class DiffusionStageParams(Params):
 class DiffusionStage(Stage):
     """Trains a diffusion model as a pipeline's ``[train]`` would (Ho et al. 2020,
     Algorithm 1, with the EMA) and samples it as its ``[sample]`` would, into the stage's
-    folder: ``checkpoints/``, ``samples.safetensors`` (the samples, for the components that
-    name the stage), ``samples.png`` and ``config.json``.
+    folder: ``checkpoints/``, ``metrics.jsonl`` (the training log), ``samples.safetensors``
+    (the samples, for the components that name the stage), ``samples.png`` and
+    ``config.json``.
 
     The base model of a cascade: the super-resolution model's ``low-res`` conditioner names
     the stage and samples from its images. The model is built from this stage's own
@@ -112,10 +110,17 @@ class DiffusionStage(Stage):
         resolved = pipeline.resolved_config()
         (context.directory / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
         # Algorithm 1 with the pipeline trainer (warm-up, clipping, EMA, checkpoints)
+        log = context.directory / "metrics.jsonl"
+
+        def on_metrics(step: int, metrics: dict[str, Any]) -> None:
+            with log.open("a") as file:
+                file.write(json.dumps({"step": step, **metrics}) + "\n")
+
         trainer = pipeline.trainer(
             context.directory,
             None,
             checkpoint_metadata={"config": resolved},
+            on_metrics=on_metrics,
             progress=context.progress,
         )
         trainer.train()

@@ -97,10 +97,15 @@ class Pipeline:
     model: DiffusionModel
 
     @classmethod
-    def build(cls, config: PipelineConfig) -> Pipeline:
-        """Build and cross-check every component (no training, no files written)."""
+    def build(cls, config: PipelineConfig, *, nested: bool = False) -> Pipeline:
+        """Build and cross-check every component (no training, no files written).
+
+        ``nested``: a pipeline built inside another's stage keeps the outer file's
+        ``[plugins]`` policy instead of setting its own.
+        """
         device = resolve_device(config.device)
-        plugin_policy.configure(config.plugins.block, config.plugins.allow)
+        if not nested:
+            plugin_policy.configure(config.plugins.block, config.plugins.allow)
         for where, kind, section in config.component_sections():
             try:
                 registry.record(kind, section.type)

@@ -372,3 +372,19 @@ def test_cascade_config_errors_name_the_key(tmp_path, capsys) -> None:
         assert main(["validate", str(path)]) == 2
         err = capsys.readouterr().err
         assert message in err, err
+
+
+def test_the_base_pipeline_keeps_the_files_plugin_policy(tmp_path) -> None:
+    """Building the stage's own pipeline must not reset the outer file's [plugins] table."""
+    from ddpmkit import plugin_policy
+    from ddpmkit.config import load_config
+    from ddpmkit.pipeline import Pipeline
+
+    path = tmp_path / "cascade.toml"
+    text = CASCADE.replace("{runs}", str(tmp_path / "runs"))
+    path.write_text(text + '\n[plugins]\nblock = ["ddpmkit-example-plugin"]\n')
+    try:
+        Pipeline.build(load_config(path))
+        assert "ddpmkit-example-plugin" in plugin_policy.current().block
+    finally:
+        plugin_policy.configure()

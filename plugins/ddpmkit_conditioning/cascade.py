@@ -73,7 +73,8 @@ class DiffusionStage(Stage):
 
     The base model of a cascade: the super-resolution model's ``low-res`` conditioner names
     the stage and samples from its images. The model is built from this stage's own
-    sections, with the pipeline's seed and device; the pipeline's own model is not touched.
+    sections, with the pipeline's seed and device, under the pipeline's ``[plugins]``
+    policy; the pipeline's own model is not touched.
     """
 
     Params = DiffusionStageParams
@@ -97,7 +98,7 @@ class DiffusionStage(Stage):
         """The base pipeline builds and passes its own compatibility checks."""
         state = torch.random.get_rng_state()  # building seeds torch: leave the caller's state
         try:
-            Pipeline.build(self.config(0, "cpu"))
+            Pipeline.build(self.config(0, "cpu"), nested=True)
         except ConfigError as exc:
             raise ConfigError(f"the base model: {exc}") from exc
         finally:
@@ -106,7 +107,7 @@ class DiffusionStage(Stage):
     def run(self, context: StageContext) -> None:
         """Train, then sample; write the checkpoints, the samples and the resolved config."""
         device = "cpu" if context.device.type == "cpu" else str(context.device)
-        pipeline = Pipeline.build(self.config(context.seed, device))
+        pipeline = Pipeline.build(self.config(context.seed, device), nested=True)
         resolved = pipeline.resolved_config()
         (context.directory / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
         # Algorithm 1 with the pipeline trainer (warm-up, clipping, EMA, checkpoints)

@@ -31,6 +31,7 @@ from ddpmkit.interfaces import (
     Stage,
     StageContext,
     TrainingObjective,
+    caption_words,
 )
 from ddpmkit.model import (
     Decoder,
@@ -92,6 +93,7 @@ __all__ = [
     "TrainingObjective",
     "__version__",
     "broadcast",
+    "caption_words",
     "column",
     "create",
     "eps_from_x0",

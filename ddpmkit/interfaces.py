@@ -15,6 +15,7 @@ Conventions shared by every interface:
 from __future__ import annotations
 
 import abc
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -397,6 +398,18 @@ class Guidance(Component, abc.ABC):
                 "null-condition predictions), but the model has none"
             )
 
+    def raw_from_batch(self, batch: Batch) -> Any:
+        """The raw conditions this guidance reads from a data batch, for sampling a model
+        without a conditioner (CLIP guidance: the captions); ``None`` (the default): none."""
+        return None
+
+    def for_conditions(self, raw: Any) -> Guidance:
+        """This guidance for one sampler call whose samples have the raw conditions ``raw``
+        (``sample.labels``, ``sample.prompts``...): a guidance that needs them beyond the
+        encoded ``cond`` (CLIP guidance encodes the prompts with its own text encoder) returns
+        a copy that holds them. The default ignores them and returns ``self``."""
+        return self
+
     @abc.abstractmethod
     def guide(
         self,
@@ -437,6 +450,14 @@ class Sampler(Component, abc.ABC):
         callback: SamplerCallback | None = None,
     ) -> torch.Tensor:
         """Run the reverse process and return x_0."""
+
+
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def caption_words(text: str) -> list[str]:
+    """The words of a caption: its lower-cased runs of letters and digits (punctuation drops)."""
+    return _WORD.findall(text.lower())
 
 
 @attrs.frozen
@@ -502,6 +523,22 @@ class Dataset(Component, abc.ABC):
         which :meth:`read_attributes` of a sample conditioned on it is checked; ``None``
         (the default) when labels have no readable meaning."""
         return None
+
+    def caption_attributes(self, caption: str) -> dict[str, str] | None:
+        """The attributes a caption (a text prompt) stands for (``shapes``: ``"a red circle"``
+        -> ``{"shape": "circle", "color": "red"}``), against which :meth:`read_attributes` of a
+        sample drawn for it is checked; ``None`` (the default) when captions have no readable
+        meaning."""
+        return None
+
+    def caption_vocabulary(self) -> list[str]:
+        """The sorted distinct words (:func:`caption_words`) of this data set's captions: the
+        vocabulary a text conditioner is built with. The default reads every example."""
+        found: set[str] = set()
+        for start in range(0, len(self), 256):
+            batch = self.batch(list(range(start, min(len(self), start + 256))))
+            found.update(w for caption in batch.captions for w in caption_words(caption))
+        return sorted(found)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 import ddpmkit_jsonl
-from ddpmkit import RunInfo, registry
+from ddpmkit import RunInfo, StageContext, registry
 from ddpmkit.errors import PluginError
 from ddpmkit.model import DiffusionModel
 from ddpmkit.testing import (
@@ -24,6 +24,7 @@ from ddpmkit.testing import (
     HookPluginContract,
     ObjectiveContract,
     ParameterizationContract,
+    ReferenceImages,
     ReferenceSchedule,
     SamplerContract,
     ScheduleContract,
@@ -31,6 +32,7 @@ from ddpmkit.testing import (
     VarianceContract,
     WeightingContract,
     contract_classes,
+    reference_model,
 )
 
 BUNDLED = "ddpmkit"
@@ -192,9 +194,20 @@ class TestBundledConditioners(ConditionerContract):
         "class": {"num_classes": 3},
         "image": {"image_size": 8, "data": {"type": "shapes", "image_size": 8}},
         "low-res": {"image_size": 8, "low_res": 4, "embed_dim": 6},
+        "text": {"vocabulary": ["a", "red", "circle"], "width": 8, "heads": 2},
     }
 
+    def params_for(self, name: str, tmp_path: Path) -> dict[str, Any]:
+        if name == "hf-text":
+            pytest.importorskip("transformers")
+            from hf_models import save_tiny_bert
+
+            return {"path": str(save_tiny_bert(tmp_path / "bert")), "max_length": 8}
+        return super().params_for(name, tmp_path)
+
     def raw_conditions(self, name: str, batch: int) -> Any:
+        if name in {"text", "hf-text"}:
+            return ["", "a red circle", "a blue square"][:batch]  # "" is the null
         images = torch.rand(batch, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
         if name == "image":  # images with a known-mask: one all known, one all unknown
             known = (torch.arange(batch) % 2).float().reshape(-1, 1, 1, 1).expand(-1, 1, 8, 8)
@@ -218,16 +231,53 @@ TINY_BASE = {
     "train": {"steps": 2, "batch_size": 4, "log_every": 1},
     "sample": {"num_samples": 2, "batch_size": 2, "sampler": {"type": "ddim", "steps": 2}},
 }
+"""The cascade's base model: a two-step training of a tiny U-Net on 8x8 shapes."""
 
 
-class TestBundledStages(StageContract):
-    distribution = BUNDLED
-    # the cascade's base model: a two-step training of a tiny U-Net on 8x8 shapes
-    params_by_name: ClassVar[dict[str, dict[str, Any]]] = {"diffusion": TINY_BASE}
+TINY_CLIP = {
+    "steps": 2,
+    "batch_size": 8,
+    "embed_dim": 8,
+    "image_width": 8,
+    "image_levels": 1,
+    "text_width": 8,
+    "text_heads": 2,
+}
+"""A train-clip stage that runs in a blink on the kit's reference images."""
 
 
 class TestBundledGuidance(GuidanceContract):
     distribution = BUNDLED
+    params_by_name: ClassVar[dict[str, dict[str, Any]]] = {"clip": {"clip": "clip"}}
+
+    def params_for(self, name: str, tmp_path: Path) -> dict[str, Any]:
+        if name == "hf-clip":  # unbound: the kit's 2-channel images are not RGB (test_hf.py
+            pytest.importorskip("transformers")  # checks its guided predictions)
+            from hf_models import save_tiny_clip
+
+            return {"path": str(save_tiny_clip(tmp_path / "hf-clip"))}
+        return super().params_for(name, tmp_path)
+
+    def build(self, name: str, tmp_path: Path, **overrides: Any) -> Any:
+        guidance = super().build(name, tmp_path, **overrides)
+        if name != "clip":
+            return guidance
+        # the noised CLIP of a tiny train-clip stage, guiding towards one prompt
+        folder = tmp_path / "stages" / "clip"
+        folder.mkdir(parents=True, exist_ok=True)
+        stage = registry.create("stage", "train-clip", **TINY_CLIP)
+        model, data, cpu = reference_model(), ReferenceImages(), torch.device("cpu")
+        stage.run(StageContext("clip", folder, model, data, cpu, 0, False))
+        guidance.attach({"clip": folder})
+        return guidance.for_conditions(["a bright image"])
+
+
+class TestBundledStages(StageContract):
+    distribution = BUNDLED
+    params_by_name: ClassVar[dict[str, dict[str, Any]]] = {
+        "train-clip": TINY_CLIP,
+        "diffusion": TINY_BASE,
+    }
 
 
 class TestBundledObjectives(ObjectiveContract):

@@ -388,3 +388,20 @@ def test_the_base_pipeline_keeps_the_files_plugin_policy(tmp_path) -> None:
         assert "ddpmkit-example-plugin" in plugin_policy.current().block
     finally:
         plugin_policy.configure()
+
+
+def test_a_resumed_run_draws_the_masks_an_uninterrupted_one_draws(write_pipeline, tmp_path) -> None:
+    """6 steps at once equal 4, stop, resume to 6: the mask draws continue from the count in
+    the checkpoint, so the weights (and the count itself) are the same to the bit."""
+    from ddpmkit.checkpoint import load_checkpoint
+    from ddpmkit.cli import main
+
+    path = write_pipeline(*GLIDE)
+    once, split = ["--set", "output.name='once'"], ["--set", "output.name='split'"]
+    assert main(["run", str(path), "--quiet", *once]) == 0
+    assert main(["run", str(path), "--quiet", *split, "--set", "train.steps=4"]) == 0
+    assert main(["run", str(path), "--quiet", *split, "--resume"]) == 0
+    a, _ = load_checkpoint(tmp_path / "runs/once/checkpoints/step-0000006.safetensors")
+    b, _ = load_checkpoint(tmp_path / "runs/split/checkpoints/step-0000006.safetensors")
+    assert a.keys() == b.keys() and [k for k in a if not torch.equal(a[k], b[k])] == []
+    assert int(a["model.conditioner.draws"]) == 7  # the build's probe and 6 training batches

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ddpmkit.config import ComponentConfig, PipelineConfig, SampleConfig, TrainConfig
 from ddpmkit.embeddings import timestep_features
 from ddpmkit.errors import ConfigError, DataError, DdpmkitError, PluginError
 from ddpmkit.hookspecs import hookimpl
@@ -45,6 +46,7 @@ from ddpmkit.model import (
     step_variance_formula,
     x0_from_eps,
 )
+from ddpmkit.pipeline import Pipeline
 from ddpmkit.plugin_policy import PLUGIN_API_VERSION
 from ddpmkit.registry import create, register
 from ddpmkit.runinfo import RunInfo
@@ -56,6 +58,7 @@ __all__ = [
     "PLUGIN_API_VERSION",
     "Batch",
     "Component",
+    "ComponentConfig",
     "Conditioner",
     "Conditioning",
     "ConfigError",
@@ -73,16 +76,20 @@ __all__ = [
     "NoiseSchedule",
     "Parameterization",
     "Params",
+    "Pipeline",
+    "PipelineConfig",
     "PluginError",
     "PredictFn",
     "Prediction",
     "ReverseVariance",
     "RunInfo",
+    "SampleConfig",
     "Sampler",
     "SamplerCallback",
     "SamplerStep",
     "Stage",
     "StageContext",
+    "TrainConfig",
     "TrainingObjective",
     "__version__",
     "broadcast",

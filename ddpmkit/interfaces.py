@@ -350,6 +350,12 @@ class Conditioner(Component, nn.Module, abc.ABC):
     embedding_dim: int = 0
     context_dim: int = 0
 
+    def bind(self, model: DiffusionModel) -> None:
+        """Called once by :class:`~ddpmkit.DiffusionModel` with the model this conditioner
+        serves. A conditioner that needs the model's maths (noise conditioning augmentation
+        forward-diffuses its input with the model's q(x_s | x_0)) keeps a reference here,
+        outside its submodules; the default does nothing."""
+
     @abc.abstractmethod
     def forward(self, raw: Any) -> Conditioning:
         """Encode a batch of raw conditions."""

@@ -93,6 +93,8 @@ class DiffusionModel(nn.Module):
         self.denoiser = denoiser
         self.parameterization = parameterization
         self.conditioner = conditioner
+        if conditioner is not None:
+            conditioner.bind(self)
 
         self.variance = variance
         self.decoder: Decoder = decoder

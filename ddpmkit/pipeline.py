@@ -107,10 +107,15 @@ class Pipeline:
     model: DiffusionModel
 
     @classmethod
-    def build(cls, config: PipelineConfig) -> Pipeline:
-        """Build and cross-check every component (no training, no files written)."""
+    def build(cls, config: PipelineConfig, *, nested: bool = False) -> Pipeline:
+        """Build and cross-check every component (no training, no files written).
+
+        ``nested``: a pipeline built inside another's stage keeps the outer file's
+        ``[plugins]`` policy instead of setting its own.
+        """
         device = resolve_device(config.device)
-        plugin_policy.configure(config.plugins.block, config.plugins.allow)
+        if not nested:
+            plugin_policy.configure(config.plugins.block, config.plugins.allow)
         for where, kind, section in config.component_sections():
             try:
                 registry.record(kind, section.type)
@@ -133,8 +138,13 @@ class Pipeline:
                     ):
                         if dim:
                             fill[key] = dim
-            if where == "conditioner":  # a text conditioner's words: the data's captions
-                fill = {"vocabulary": _LazyVocabulary(built["data"])}
+            if where == "conditioner":  # the data's shape (image) and captions (text)
+                data = built["data"]
+                fill = {
+                    "channels": data.channels,
+                    "image_size": data.image_size,
+                    "vocabulary": _LazyVocabulary(data),
+                }
             built[where] = _build(kind, where, section, **fill)
         model = DiffusionModel(
             built["schedule"],
@@ -263,6 +273,12 @@ class Pipeline:
             if conditioner is None:
                 raise ConfigError("sample.labels needs a [conditioner]")
             self.sample_conditions(1)
+        elif (
+            self.config.sample is not None
+            and conditioner is not None
+            and not any(getattr(conditioner.params, key) for key in conditioner.stage_params)
+        ):
+            self.sample_conditions(1)  # the conditioner can say what to sample with
         if self.config.sample is not None and self.config.sample.prompts is not None:
             if conditioner is None and not any(
                 g.raw_from_batch(self.dataset.batch([0])) is not None for g in self.guidances
@@ -341,9 +357,11 @@ class Pipeline:
             )
         # one tiny forward pass catches every shape mismatch the denoiser knows of
         probe = torch.zeros((1, *self.sample_shape), device=self.device)
+        # a channel-conditioned network always needs its channels: give it the null condition
+        null = conditioner.null(1, self.device) if conditioner is not None else None
         try:
             with torch.no_grad():
-                denoiser(probe, torch.zeros(1, dtype=torch.long, device=self.device), None)
+                denoiser(probe, torch.zeros(1, dtype=torch.long, device=self.device), null)
         except (ValueError, RuntimeError) as exc:
             raise ConfigError(
                 f"denoiser {self.config.denoiser.type!r} cannot take data of shape "
@@ -616,7 +634,8 @@ class Pipeline:
                 raise ConfigError("eval.attributes: the data set cannot read images back")
             results["attributes"] = attribute_diversity(readings)
             raw = self.sample_conditions(cfg.attributes_samples)
-            if raw is not None:
+            # labels or captions: their attributes are the asked ones (not images)
+            if raw is not None and not (torch.is_tensor(raw) and raw.ndim > 1):
                 asked = self.eval_dataset
                 wanted = [
                     asked.caption_attributes(c)

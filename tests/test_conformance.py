@@ -192,6 +192,8 @@ class TestBundledConditioners(ConditionerContract):
     distribution = BUNDLED
     params_by_name: ClassVar[dict[str, dict[str, Any]]] = {
         "class": {"num_classes": 3},
+        "image": {"image_size": 8, "data": {"type": "shapes", "image_size": 8}},
+        "low-res": {"image_size": 8, "low_res": 4, "embed_dim": 6},
         "text": {"vocabulary": ["a", "red", "circle"], "width": 8, "heads": 2},
     }
 
@@ -206,7 +208,30 @@ class TestBundledConditioners(ConditionerContract):
     def raw_conditions(self, name: str, batch: int) -> Any:
         if name in {"text", "hf-text"}:
             return ["", "a red circle", "a blue square"][:batch]  # "" is the null
+        images = torch.rand(batch, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+        if name == "image":  # images with a known-mask: one all known, one all unknown
+            known = (torch.arange(batch) % 2).float().reshape(-1, 1, 1, 1).expand(-1, 1, 8, 8)
+            return torch.cat([images, known], dim=1)
+        if name == "low-res":  # 4x4 images, enlarged to 8x8
+            return images[..., ::2, ::2]
         return torch.arange(batch) % 3 - (torch.arange(batch) == 0).long()  # -1 is the null
+
+
+TINY_BASE = {
+    "data": {"type": "shapes", "image_size": 8, "num_examples": 8},
+    "denoiser": {
+        "type": "unet",
+        "base_channels": 8,
+        "channel_mults": [1, 2],
+        "num_res_blocks": 1,
+        "groups": 4,
+        "attention_levels": [],
+    },
+    "schedule": {"type": "cosine", "timesteps": 20},
+    "train": {"steps": 2, "batch_size": 4, "log_every": 1},
+    "sample": {"num_samples": 2, "batch_size": 2, "sampler": {"type": "ddim", "steps": 2}},
+}
+"""The cascade's base model: a two-step training of a tiny U-Net on 8x8 shapes."""
 
 
 TINY_CLIP = {
@@ -249,7 +274,10 @@ class TestBundledGuidance(GuidanceContract):
 
 class TestBundledStages(StageContract):
     distribution = BUNDLED
-    params_by_name: ClassVar[dict[str, dict[str, Any]]] = {"train-clip": TINY_CLIP}
+    params_by_name: ClassVar[dict[str, dict[str, Any]]] = {
+        "train-clip": TINY_CLIP,
+        "diffusion": TINY_BASE,
+    }
 
 
 class TestBundledObjectives(ObjectiveContract):

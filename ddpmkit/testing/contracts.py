@@ -401,6 +401,18 @@ class ConditionerContract(ComponentContract):
         """A batch of raw conditions for ``forward`` (override: labels, images, captions...)."""
         raise NotImplementedError(f"{type(self).__name__} must define raw_conditions()")
 
+    def build(self, name: str, tmp_path: Path, **overrides: Any) -> Any:
+        """The conditioner, bound (:meth:`Conditioner.bind`) to a model of the reference
+        schedule, as a pipeline's :class:`~ddpmkit.DiffusionModel` binds it."""
+        conditioner = super().build(name, tmp_path, **overrides)
+        DiffusionModel(
+            ReferenceSchedule(),
+            GaussianDenoiser(2),
+            registry.create("parameterization", "eps"),
+            conditioner=conditioner,
+        )
+        return conditioner
+
     @staticmethod
     def _check(c: Conditioning, conditioner: Conditioner, batch: int) -> None:
         fields = {

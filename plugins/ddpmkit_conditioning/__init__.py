@@ -1,12 +1,19 @@
 """Bundled conditioning and guidance: the ``class`` and ``text`` conditioners,
 ``classifier-free`` guidance (Ho & Salimans 2021), ``clip`` guidance with its ``train-clip``
-stage (GLIDE, Nichol et al. 2021) and training-free ``inpaint``-ing (RePaint, Lugmayr et al.
-2022). ``hf-text`` and ``hf-clip`` (module ``ddpmkit_conditioning.hf``) need transformers."""
+stage (GLIDE, Nichol et al. 2021), training-free ``inpaint``-ing (RePaint, Lugmayr et al.
+2022), the ``image`` conditioner (mask-conditioned inpainting, GLIDE), and cascades: the
+``diffusion`` stage (the base model) and the ``low-res`` conditioner (noise conditioning
+augmentation, Ho et al. 2021). ``hf-text`` and ``hf-clip`` (module
+``ddpmkit_conditioning.hf``) need transformers."""
 
+from ddpmkit_conditioning.cascade import DiffusionStage
 from ddpmkit_conditioning.cfg import ClassifierFreeGuidance
 from ddpmkit_conditioning.clip import ClipGuidance, TrainClipStage
+from ddpmkit_conditioning.image import ImageConditioner
 from ddpmkit_conditioning.inpaint import InpaintSampler, region_mask
 from ddpmkit_conditioning.labels import ClassConditioner
+from ddpmkit_conditioning.lowres import LowResConditioner
+from ddpmkit_conditioning.masks import draw_masks
 from ddpmkit_conditioning.text import TextConditioner
 
 DDPMKIT_PLUGIN_API = "1.0"
@@ -15,8 +22,12 @@ __all__ = [
     "ClassConditioner",
     "ClassifierFreeGuidance",
     "ClipGuidance",
+    "DiffusionStage",
+    "ImageConditioner",
     "InpaintSampler",
+    "LowResConditioner",
     "TextConditioner",
     "TrainClipStage",
+    "draw_masks",
     "region_mask",
 ]

@@ -422,6 +422,9 @@ class DiffusionModel(nn.Module):
         # the squared error per example (mse_loss's fused kernels, the same numbers as
         # (output - target).pow(2))
         squared = nn.functional.mse_loss(mean_output.float(), target.float(), reduction="none")
+        if weighting is None and vlb_weight == 0 and correction is None:
+            # unweighted: the mean over examples of their means is the mean of every element
+            return squared.mean()
         error = squared.flatten(1).mean(dim=1)
         if weighting is not None:
             factor = self.parameterization.eps_error_factor(alpha, sigma).flatten()

@@ -391,6 +391,18 @@ class Guidance(Component, abc.ABC):
                 "null-condition predictions), but the model has none"
             )
 
+    def raw_from_batch(self, batch: Batch) -> Any:
+        """The raw conditions this guidance reads from a data batch, for sampling a model
+        without a conditioner (CLIP guidance: the captions); ``None`` (the default): none."""
+        return None
+
+    def for_conditions(self, raw: Any) -> Guidance:
+        """This guidance for one sampler call whose samples have the raw conditions ``raw``
+        (``sample.labels``, ``sample.prompts``...): a guidance that needs them beyond the
+        encoded ``cond`` (CLIP guidance encodes the prompts with its own text encoder) returns
+        a copy that holds them. The default ignores them and returns ``self``."""
+        return self
+
     @abc.abstractmethod
     def guide(
         self,

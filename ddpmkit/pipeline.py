@@ -151,6 +151,17 @@ class Pipeline:
         """The ``[sample.guidance]`` guidance, if any."""
         return self.built.get("sample.guidance")
 
+    def condition_readers(self) -> list[Guidance]:
+        """The guidances that read raw conditions of their own (classifier guidance: the
+        labels), which the pipeline then hands them with :meth:`Guidance.for_conditions`."""
+        probe = self.dataset.batch([0])
+        guidance = self.guidance
+        return (
+            [guidance]
+            if guidance is not None and guidance.raw_from_batch(probe) is not None
+            else []
+        )
+
     @property
     def weighting(self) -> LossWeighting | None:
         """The ``[train.weighting]`` loss weighting, if any."""
@@ -239,9 +250,17 @@ class Pipeline:
                     f"{self.config.conditioner.type!r} produces: {exc}"  # type: ignore[union-attr]
                 ) from exc
         if self.config.sample is not None and self.config.sample.labels is not None:
-            if conditioner is None:
-                raise ConfigError("sample.labels needs a [conditioner]")
+            if conditioner is None and not self.condition_readers():
+                raise ConfigError(
+                    "sample.labels needs a [conditioner] or a guidance that reads labels "
+                    "(classifier)"
+                )
             self.sample_conditions(1)
+        if self.guidance is not None and self.condition_readers():
+            try:
+                self.guidance.for_conditions(self.sample_conditions(1))
+            except ConfigError as exc:
+                raise ConfigError(f"sample.guidance: {exc}") from exc
         if eval_cfg is not None and eval_cfg.attributes:
             if self.sampler is None:
                 raise ConfigError("eval.attributes = true needs a [sample] section")
@@ -459,7 +478,8 @@ class Pipeline:
             raise DdpmkitError("this pipeline has no [sample] section")
         generator = torch.Generator().manual_seed(seed)
         model.eval()
-        raw = self.sample_conditions(count) if model.conditioner is not None else None
+        readers = self.condition_readers()
+        raw = self.sample_conditions(count) if model.conditioner is not None or readers else None
         chunks = []
         batches = math.ceil(count / cfg.batch_size)
         for index in range(batches):
@@ -467,10 +487,13 @@ class Pipeline:
             n = min(cfg.batch_size, count - start)
             bar = _StepBar(f"sample {index + 1}/{batches}", progress)
             shape = (n, *self.sample_shape)
-            cond = None
+            cond, guidance = None, self.guidance
             if raw is not None:
+                part = raw[start : start + n]
                 with torch.no_grad():
-                    cond = model.encode(raw[start : start + n].to(self.device))
+                    cond = model.encode(part.to(self.device))
+                if readers:  # the guidance reads the same conditions (classifier: the labels)
+                    guidance = readers[0].for_conditions(part)
             with autocast(self.device, cfg.precision):
                 sample = self.sampler.sample(
                     model,
@@ -478,7 +501,7 @@ class Pipeline:
                     cond=cond,
                     generator=generator,
                     callback=bar,
-                    guidance=self.guidance,
+                    guidance=guidance,
                 )
             chunks.append(sample.float())
             bar.close()
@@ -486,13 +509,18 @@ class Pipeline:
 
     def sample_conditions(self, count: int) -> torch.Tensor:
         """The raw conditions of ``count`` samples: ``sample.labels`` cycled, or the
-        conditioner's default (every class in turn)."""
+        conditioner's default (every class in turn), or, without a conditioner, those a guidance
+        reads from the data's examples 0 .. count - 1 (classifier guidance: their labels)."""
         conditioner = self.model.conditioner
-        if conditioner is None:
+        readers = self.condition_readers()
+        if conditioner is None and not readers:
             raise ConfigError("sampling with conditions needs a [conditioner]")
         labels = self.config.sample.labels if self.config.sample is not None else None
         if labels is None:
-            return torch.as_tensor(conditioner.default_conditions(count))
+            if conditioner is not None:
+                return torch.as_tensor(conditioner.default_conditions(count))
+            batch = self.dataset.batch([i % len(self.dataset) for i in range(count)])
+            return torch.as_tensor(readers[0].raw_from_batch(batch))
         classes = self.dataset.num_classes
         bad = [label for label in labels if not 0 <= label < classes]
         if bad or not labels:
@@ -557,7 +585,7 @@ class Pipeline:
             if readings is None:  # check_compatible refuses this; a data set may still change
                 raise ConfigError("eval.attributes: the data set cannot read images back")
             results["attributes"] = attribute_diversity(readings)
-            if model.conditioner is not None:
+            if model.conditioner is not None or self.condition_readers():
                 raw = self.sample_conditions(cfg.attributes_samples)
                 wanted = [self.eval_dataset.label_attributes(int(label)) for label in raw]
                 if all(w is not None for w in wanted):

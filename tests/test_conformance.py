@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 import ddpmkit_jsonl
-from ddpmkit import RunInfo, registry
+from ddpmkit import RunInfo, StageContext, registry
 from ddpmkit.errors import PluginError
 from ddpmkit.model import DiffusionModel
 from ddpmkit.testing import (
@@ -24,12 +24,15 @@ from ddpmkit.testing import (
     HookPluginContract,
     ObjectiveContract,
     ParameterizationContract,
+    ReferenceImages,
     ReferenceSchedule,
     SamplerContract,
     ScheduleContract,
+    StageContract,
     VarianceContract,
     WeightingContract,
     contract_classes,
+    reference_model,
 )
 
 BUNDLED = "ddpmkit"
@@ -193,8 +196,40 @@ class TestBundledConditioners(ConditionerContract):
         return torch.arange(batch) % 3 - (torch.arange(batch) == 0).long()  # -1 is the null
 
 
+# a small classifier for the kit's (2, 4, 4) reference images
+SMALL_CLASSIFIER = {"base_channels": 8, "channel_mults": [1, 2], "groups": 4, "num_heads": 2}
+
+
 class TestBundledGuidance(GuidanceContract):
     distribution = BUNDLED
+    params_by_name: ClassVar[dict[str, dict[str, Any]]] = {
+        "classifier": {"classifier": "clf", "scale": 2.0},
+    }
+
+    def build(self, name: str, tmp_path: Path, **overrides: Any) -> Any:
+        guidance = super().build(name, tmp_path, **overrides)
+        if name != "classifier":
+            return guidance
+        # the bundled stage trains the classifier it guides with, a few steps on the kit's data
+        folder = tmp_path / "stages" / "clf"
+        if not folder.is_dir():
+            folder.mkdir(parents=True)
+            stage = registry.create(
+                "stage", "train-classifier", steps=5, batch_size=8, **SMALL_CLASSIFIER
+            )
+            context = StageContext(
+                "clf", folder, reference_model(), ReferenceImages(), torch.device("cpu"), 0, False
+            )
+            stage.run(context)
+        guidance.attach({"clf": folder})
+        return guidance.for_conditions(torch.tensor([1]))
+
+
+class TestBundledStages(StageContract):
+    distribution = BUNDLED
+    params_by_name: ClassVar[dict[str, dict[str, Any]]] = {
+        "train-classifier": {"steps": 3, "batch_size": 8, **SMALL_CLASSIFIER},
+    }
 
 
 class TestBundledObjectives(ObjectiveContract):

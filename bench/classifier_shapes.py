@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-
 from ddpmkit.checkpoint import list_checkpoints
 from ddpmkit.config import load_config
 from ddpmkit.evaluate import attribute_adherence, attribute_diversity

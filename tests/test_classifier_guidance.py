@@ -8,17 +8,27 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import torch
 from torch import nn
 
 import ddpmkit
-from ddpmkit import Conditioning, ConfigError, DdpmkitError, DiffusionModel, StageContext
+from ddpmkit import (
+    Batch,
+    Conditioning,
+    ConfigError,
+    DdpmkitError,
+    DiffusionModel,
+    StageContext,
+    registry,
+)
 from ddpmkit.cli import main
 from ddpmkit.testing import ReferenceImages, reference_model
 from ddpmkit_conditioning import ClassifierGuidance
 from ddpmkit_conditioning.classifier import ACCURACY_FILE
 from ddpmkit_conditioning.score import guide_eps, input_gradient, shift_mean
+from ddpmkit_datasets import ShapesDataset
 from ddpmkit_toy.mixture import GaussianMixture, MixtureParams
 
 # three isotropic classes in 2D that overlap under noise
@@ -374,3 +384,39 @@ def test_bad_classifier_configs_are_one_message(
     assert main(["validate", str(path)]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err, err
+
+
+class UnlabelledShapes(ShapesDataset):
+    """The shapes images with their labels taken away."""
+
+    def batch(self, indices: list[int]) -> Batch:
+        found = super().batch(indices)
+        return attrs.evolve(found, labels=torch.full_like(found.labels, -1))
+
+
+class DoNothing(ddpmkit.Stage):
+    """A stage that accepts any data and makes nothing."""
+
+    def run(self, context: StageContext) -> None:
+        (context.directory / "nothing.txt").write_text("")
+
+
+def test_a_guidance_without_labels_is_one_message(
+    write_pipeline: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Data without labels give the guidance none to read: refused at build time."""
+    registry.register("dataset", "test-unlabelled-shapes")(UnlabelledShapes)
+    registry.register("stage", "test-nothing")(DoNothing)
+    try:
+        path = write_pipeline(
+            ('type = "shapes"', 'type = "test-unlabelled-shapes"'),
+            ("[train]", "[stages.clf]\ntype = 'test-nothing'\n\n[train]"),
+            GUIDED,
+        )
+        assert main(["validate", str(path)]) == 2
+    finally:
+        registry.unregister("dataset", "test-unlabelled-shapes")
+        registry.unregister("stage", "test-nothing")
+    err = capsys.readouterr().err
+    assert "sample.guidance: classifier guidance needs a class label (0 .. K-1)" in err, err
+    assert "got [-1] (-1: unlabelled)" in err and "Traceback" not in err

@@ -130,7 +130,7 @@ def accuracy_by_noise_level(
     device: torch.device,
     seed: int,
     count: int = 256,
-) -> dict[str, list[float]]:
+) -> dict[str, list[int] | list[float]]:
     """The classifier's accuracy on the first ``count`` examples, noised to five training
     indices (0, T/4, T/2, 3T/4, T-1): ``{"t": [...], "accuracy": [...]}``."""
     generator = torch.Generator().manual_seed(seed)
@@ -143,7 +143,7 @@ def accuracy_by_noise_level(
         t = torch.full((x_0.shape[0],), index, dtype=torch.long, device=device)
         x_t = model.q_sample(x_0, t, randn_like(x_0, generator))
         accuracy.append(float((network(x_t, t).argmax(dim=1) == y).float().mean()))
-    return {"t": [float(i) for i in indices], "accuracy": accuracy}
+    return {"t": indices, "accuracy": accuracy}
 
 
 class ClassifierGuidanceParams(Params):

@@ -8,7 +8,7 @@ the first 40 as a grid (one column per shape) to docs/images/classifier-s<s>.png
 the fraction whose shape is the one asked for; diversity the number of distinct (shape, colour,
 position) combinations among the readable ones (5 x 6 x 5 = 150 exist). Prints a markdown table.
 
-    python bench/classifier_shapes.py [--samples 200] [--scales 0 1 3 10]
+    python bench/classifier_shapes.py [--samples 200] [--scales 0 1 3 10] [--run DIR]
 """
 
 from __future__ import annotations
@@ -31,12 +31,13 @@ def main() -> None:
     parser.add_argument("--scales", type=float, nargs="+", default=[0.0, 1.0, 3.0, 10.0])
     parser.add_argument("--form", choices=["score", "mean-shift"], default="score")
     parser.add_argument("--images", type=Path, default=Path("docs/images"))
+    parser.add_argument("--run", type=Path, help="the run folder (default: the latest)")
     args = parser.parse_args()
     rows = []
     for s in args.scales:
         overrides = [f"sample.guidance.scale={s}", f"sample.guidance.form='{args.form}'"]
         pipeline = Pipeline.build(load_config(PIPELINE, [*overrides, "device='cpu'"]))
-        run = latest_run_directory(pipeline.config)
+        run = args.run or latest_run_directory(pipeline.config)
         pipeline.attach_stages(run)
         _, checkpoint = list_checkpoints(run / "checkpoints")[-1]
         model = load_weights(pipeline.model, checkpoint)

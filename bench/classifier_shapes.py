@@ -9,6 +9,8 @@ the fraction whose shape is the one asked for; diversity the number of distinct 
 position) combinations among the readable ones (5 x 6 x 5 = 150 exist). Prints a markdown table.
 
     python bench/classifier_shapes.py [--samples 200] [--scales 0 1 3 10] [--run DIR]
+    python bench/classifier_shapes.py --scales 3 --form mean-shift \\
+        --set 'sample.sampler={type="ddpm", clip_x0=true}'
 """
 
 from __future__ import annotations
@@ -32,10 +34,13 @@ def main() -> None:
     parser.add_argument("--form", choices=["score", "mean-shift"], default="score")
     parser.add_argument("--images", type=Path, default=Path("docs/images"))
     parser.add_argument("--run", type=Path, help="the run folder (default: the latest)")
+    parser.add_argument(
+        "--set", action="append", default=[], help="another override, e.g. of the sampler"
+    )
     args = parser.parse_args()
     rows = []
     for s in args.scales:
-        overrides = [f"sample.guidance.scale={s}", f"sample.guidance.form='{args.form}'"]
+        overrides = [f"sample.guidance.scale={s}", f"sample.guidance.form='{args.form}'", *args.set]
         pipeline = Pipeline.build(load_config(PIPELINE, [*overrides, "device='cpu'"]))
         run = args.run or latest_run_directory(pipeline.config)
         pipeline.attach_stages(run)

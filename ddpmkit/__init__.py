@@ -30,6 +30,7 @@ from ddpmkit.interfaces import (
     Stage,
     StageContext,
     TrainingObjective,
+    caption_words,
 )
 from ddpmkit.model import (
     Decoder,
@@ -85,6 +86,7 @@ __all__ = [
     "TrainingObjective",
     "__version__",
     "broadcast",
+    "caption_words",
     "column",
     "create",
     "eps_from_x0",

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ddpmkit.errors import ConfigError
 from ddpmkit.registry import format_validation_error
@@ -150,18 +150,43 @@ class SampleConfig(Section):
             "conditioner; without one, the labels of the data's examples 0, 1, ...)."
         ),
     )
+    prompts: list[str] | None = Field(
+        None,
+        min_length=1,
+        max_length=1_000_000,
+        description=(
+            "With a `text` conditioner or a text guidance (`clip`): the captions to sample, "
+            "cycled over the samples (absent: the data's own captions, example 0 onwards)."
+        ),
+    )
     use_ema: bool = Field(True, description="Sample from the EMA weights.")
     seed: int | None = Field(
         None, ge=0, lt=2**32, description="Sampling seed (default: the pipeline seed)."
     )
     grid_columns: int | None = Field(None, ge=1, description="Columns of the grid image.")
     grid_scale: int = Field(4, ge=1, le=64, description="Integer upscaling of the grid PNG.")
-    guidance: ComponentConfig | None = Field(
-        None, description="A guidance component wrapping the model's predictions (absent: none)."
+    guidance: ComponentConfig | list[ComponentConfig] | None = Field(
+        None,
+        description=(
+            "A guidance component wrapping the model's predictions, or an array of tables "
+            "`[[sample.guidance]]` applied in turn, the first innermost (absent: none)."
+        ),
     )
     precision: Precision = Field(
         "fp32", description="fp32, or bf16 / fp16 autocast of the network during sampling."
     )
+
+    @model_validator(mode="after")
+    def _labels_or_prompts(self) -> SampleConfig:
+        if self.labels is not None and self.prompts is not None:
+            raise ValueError("give sample.labels or sample.prompts, not both")
+        return self
+
+    def guidances(self) -> list[ComponentConfig]:
+        """The guidance sections in the order they wrap the prediction (first innermost)."""
+        if self.guidance is None:
+            return []
+        return [self.guidance] if isinstance(self.guidance, ComponentConfig) else self.guidance
 
 
 class EvalConfig(Section):
@@ -302,8 +327,11 @@ class PipelineConfig(Section):
             yield "train.objective", "objective", self.train.objective
         if self.sample is not None:
             yield "sample.sampler", "sampler", self.sample.sampler
-            if self.sample.guidance is not None:
-                yield "sample.guidance", "guidance", self.sample.guidance
+            guidances = self.sample.guidances()
+            for i, guidance in enumerate(guidances):
+                one = isinstance(self.sample.guidance, ComponentConfig)
+                where = "sample.guidance" if one else f"sample.guidance.{i}"
+                yield where, "guidance", guidance
         if self.eval is not None and self.eval.data is not None:
             yield "eval.data", "dataset", self.eval.data
 

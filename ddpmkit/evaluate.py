@@ -122,3 +122,18 @@ def attribute_adherence(
         for r, w in zip(readings, wanted, strict=True)
     )
     return hits / max(len(readings), 1)
+
+
+def attribute_adherence_by_key(
+    readings: Sequence[Mapping[str, str] | None], wanted: Sequence[Mapping[str, str]]
+) -> dict[str, float]:
+    """``adherence`` (:func:`attribute_adherence`) and, when conditions ask for more than one
+    attribute (a text prompt), ``adherence_<key>``: the fraction of the samples asked for
+    ``key`` whose reading has it."""
+    result = {"adherence": attribute_adherence(readings, wanted)}
+    keys = sorted({k for w in wanted for k in w})
+    if len(keys) > 1:
+        for key in keys:
+            pairs = [(r, {key: w[key]}) for r, w in zip(readings, wanted, strict=True) if key in w]
+            result[f"adherence_{key}"] = attribute_adherence(*zip(*pairs, strict=True))
+    return result

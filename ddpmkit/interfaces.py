@@ -15,6 +15,7 @@ Conventions shared by every interface:
 from __future__ import annotations
 
 import abc
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -445,6 +446,14 @@ class Sampler(Component, abc.ABC):
         """Run the reverse process and return x_0."""
 
 
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def caption_words(text: str) -> list[str]:
+    """The words of a caption: its lower-cased runs of letters and digits (punctuation drops)."""
+    return _WORD.findall(text.lower())
+
+
 @attrs.frozen
 class Example:
     """One example: ``image`` ``(C, H, W)`` in ``[-1, 1]``, a ``label`` (-1: none), a caption."""
@@ -508,6 +517,22 @@ class Dataset(Component, abc.ABC):
         which :meth:`read_attributes` of a sample conditioned on it is checked; ``None``
         (the default) when labels have no readable meaning."""
         return None
+
+    def caption_attributes(self, caption: str) -> dict[str, str] | None:
+        """The attributes a caption (a text prompt) stands for (``shapes``: ``"a red circle"``
+        -> ``{"shape": "circle", "color": "red"}``), against which :meth:`read_attributes` of a
+        sample drawn for it is checked; ``None`` (the default) when captions have no readable
+        meaning."""
+        return None
+
+    def caption_vocabulary(self) -> list[str]:
+        """The sorted distinct words (:func:`caption_words`) of this data set's captions: the
+        vocabulary a text conditioner is built with. The default reads every example."""
+        found: set[str] = set()
+        for start in range(0, len(self), 256):
+            batch = self.batch(list(range(start, min(len(self), start + 256))))
+            found.update(w for caption in batch.captions for w in caption_words(caption))
+        return sorted(found)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from ddpmkit.config import ComponentConfig, PipelineConfig, config_to_dict
 from ddpmkit.distributed import DistContext
 from ddpmkit.errors import ConfigError, DdpmkitError
 from ddpmkit.evaluate import (
-    attribute_adherence,
+    attribute_adherence_by_key,
     attribute_diversity,
     data_batches,
     nll_bits_per_dim,
@@ -70,7 +70,7 @@ def _build(kind: str, where: str, section: ComponentConfig, **fill: Any) -> Any:
     params = dict(section.params)
     for key, value in fill.items():
         if key in cls.Params.model_fields and key not in params:
-            params[key] = value
+            params[key] = value() if isinstance(value, _LazyVocabulary) else value
     try:
         validated = registry.validate_params(kind, section.type, params, where=where)
     except registry.PluginError as exc:
@@ -85,6 +85,16 @@ def _build(kind: str, where: str, section: ComponentConfig, **fill: Any) -> Any:
             f"{where}: {kind} {section.type!r} from distribution {rec.distribution} "
             f"{rec.version} failed to build ({rec.value}): {type(exc).__name__}: {exc}"
         ) from exc
+
+
+@attrs.frozen
+class _LazyVocabulary:
+    """A data set's caption vocabulary, read only for a component that takes one."""
+
+    dataset: Dataset
+
+    def __call__(self) -> list[str]:
+        return self.dataset.caption_vocabulary()
 
 
 @attrs.define
@@ -123,6 +133,8 @@ class Pipeline:
                     ):
                         if dim:
                             fill[key] = dim
+            if where == "conditioner":  # a text conditioner's words: the data's captions
+                fill = {"vocabulary": _LazyVocabulary(built["data"])}
             built[where] = _build(kind, where, section, **fill)
         model = DiffusionModel(
             built["schedule"],
@@ -147,20 +159,35 @@ class Pipeline:
         return self.built.get("sample.sampler")
 
     @property
-    def guidance(self) -> Guidance | None:
-        """The ``[sample.guidance]`` guidance, if any."""
-        return self.built.get("sample.guidance")
+    def guidance(self) -> Guidance | list[Guidance] | None:
+        """The ``[sample.guidance]`` guidance, as a sampler takes it: one, a list (from
+        ``[[sample.guidance]]``, the first innermost) or ``None``."""
+        one = self.built.get("sample.guidance")
+        return one if one is not None else (self.guidances or None)
+
+    @property
+    def guidances(self) -> list[Guidance]:
+        """Every ``[sample.guidance]`` guidance, the first innermost (empty: none)."""
+        return [g for where, g in self.built.items() if where.startswith("sample.guidance")]
+
+    def bound_guidances(self, raw: Any) -> list[Guidance]:
+        """Every guidance bound to the raw conditions ``raw`` of one sampler call (its
+        :meth:`~ddpmkit.Guidance.for_conditions`); a guidance's refusal names its key."""
+        bound = []
+        for where, guidance in self.built.items():
+            if where.startswith("sample.guidance"):
+                try:  # a guidance refuses conditions it cannot read (no labels, say)
+                    bound.append(guidance.for_conditions(raw))
+                except ConfigError as exc:
+                    raise ConfigError(f"{where}: {exc}") from exc
+        return bound
 
     def condition_readers(self) -> list[Guidance]:
         """The guidances that read raw conditions of their own (classifier guidance: the
-        labels), which the pipeline then hands them with :meth:`Guidance.for_conditions`."""
+        labels; CLIP guidance: the captions), which sampling hands them with
+        :meth:`~ddpmkit.Guidance.for_conditions`."""
         probe = self.dataset.batch([0])
-        guidance = self.guidance
-        return (
-            [guidance]
-            if guidance is not None and guidance.raw_from_batch(probe) is not None
-            else []
-        )
+        return [g for g in self.guidances if g.raw_from_batch(probe) is not None]
 
     @property
     def weighting(self) -> LossWeighting | None:
@@ -188,10 +215,11 @@ class Pipeline:
         for where, component in self.built.items():
             *parents, leaf = where.split(".")
             section = data
-            for part in parents:
-                section = section[part]
+            for part in parents:  # sample.guidance.1: the second table of [[sample.guidance]]
+                section = section[int(part)] if isinstance(section, list) else section[part]
+            key: Any = int(leaf) if isinstance(section, list) else leaf
             params = component.params.model_dump(mode="json", exclude_none=True)
-            section[leaf] = {"type": section[leaf]["type"], **params}
+            section[key] = {"type": section[key]["type"], **params}
         return data
 
     @property
@@ -215,12 +243,13 @@ class Pipeline:
                 self.sampler.check(self.model)
             except ConfigError as exc:
                 raise ConfigError(f"sample.sampler: {exc}") from exc
-        guidance = self.built.get("sample.guidance")
-        if guidance is not None:
+        for where, guidance in self.built.items():
+            if not where.startswith("sample.guidance"):
+                continue
             try:
                 guidance.check(self.model)
             except ConfigError as exc:
-                raise ConfigError(f"sample.guidance: {exc}") from exc
+                raise ConfigError(f"{where}: {exc}") from exc
         eval_cfg = self.config.eval
         train, variance_cfg = self.config.train, self.config.variance
         if train is not None and self.model.variance is not None:
@@ -256,11 +285,22 @@ class Pipeline:
                     "(classifier)"
                 )
             self.sample_conditions(1)
-        if self.guidance is not None and self.condition_readers():
+        if self.config.sample is not None and self.config.sample.prompts is not None:
+            if conditioner is None and not any(
+                g.raw_from_batch(self.dataset.batch([0])) is not None for g in self.guidances
+            ):
+                raise ConfigError(
+                    "sample.prompts needs a [conditioner] (text) or a guidance that reads "
+                    "prompts (clip)"
+                )
             try:
-                self.guidance.for_conditions(self.sample_conditions(1))
-            except ConfigError as exc:
-                raise ConfigError(f"sample.guidance: {exc}") from exc
+                with torch.no_grad():
+                    self.model.encode(self.sample_conditions(1))
+            except (ValueError, TypeError) as exc:
+                raise ConfigError(
+                    f"sample.prompts: conditioner {self.config.conditioner.type!r} "  # type: ignore[union-attr]
+                    f"does not take text: {exc}"
+                ) from exc
         if eval_cfg is not None and eval_cfg.attributes:
             if self.sampler is None:
                 raise ConfigError("eval.attributes = true needs a [sample] section")
@@ -478,8 +518,7 @@ class Pipeline:
             raise DdpmkitError("this pipeline has no [sample] section")
         generator = torch.Generator().manual_seed(seed)
         model.eval()
-        readers = self.condition_readers()
-        raw = self.sample_conditions(count) if model.conditioner is not None or readers else None
+        raw = self.sample_conditions(count)
         chunks = []
         batches = math.ceil(count / cfg.batch_size)
         for index in range(batches):
@@ -491,9 +530,8 @@ class Pipeline:
             if raw is not None:
                 part = raw[start : start + n]
                 with torch.no_grad():
-                    cond = model.encode(part.to(self.device))
-                if readers:  # the guidance reads the same conditions (classifier: the labels)
-                    guidance = readers[0].for_conditions(part)
+                    cond = model.encode(part.to(self.device) if torch.is_tensor(part) else part)
+                guidance = self.bound_guidances(part) or None
             with autocast(self.device, cfg.precision):
                 sample = self.sampler.sample(
                     model,
@@ -507,20 +545,36 @@ class Pipeline:
             bar.close()
         return torch.cat([c.cpu() for c in chunks])
 
-    def sample_conditions(self, count: int) -> torch.Tensor:
-        """The raw conditions of ``count`` samples: ``sample.labels`` cycled, or the
-        conditioner's default (every class in turn), or, without a conditioner, those a guidance
-        reads from the data's examples 0 .. count - 1 (classifier guidance: their labels)."""
+    def sample_conditions(self, count: int) -> Any:
+        """The raw conditions of ``count`` samples (``None``: unconditional): ``sample.labels``
+        or ``sample.prompts`` cycled; else the conditioner's default (every class in turn) or,
+        for a conditioner without one (``text``) or a guidance that reads conditions (``clip``),
+        those of the data's examples 0 .. count - 1 (their captions)."""
         conditioner = self.model.conditioner
-        readers = self.condition_readers()
-        if conditioner is None and not readers:
-            raise ConfigError("sampling with conditions needs a [conditioner]")
-        labels = self.config.sample.labels if self.config.sample is not None else None
+        sample = self.config.sample
+        prompts = sample.prompts if sample is not None else None
+        if prompts is not None:
+            return [prompts[i % len(prompts)] for i in range(count)]
+        labels = sample.labels if sample is not None else None
         if labels is None:
-            if conditioner is not None:
-                return torch.as_tensor(conditioner.default_conditions(count))
-            batch = self.dataset.batch([i % len(self.dataset) for i in range(count)])
-            return torch.as_tensor(readers[0].raw_from_batch(batch))
+            default = conditioner.default_conditions(count) if conditioner is not None else None
+            if default is not None:
+                return torch.as_tensor(default)
+            # what reads conditions from the data (the text conditioner, else CLIP guidance)
+            candidates = [conditioner] if conditioner is not None else self.guidances
+            if not candidates:
+                return None
+            probe = self.dataset.batch([0])
+            readers = [r for r in candidates if r.raw_from_batch(probe) is not None]
+            if not readers:
+                return None
+            return readers[0].raw_from_batch(
+                self.dataset.batch([i % len(self.dataset) for i in range(count)])
+            )
+        if conditioner is None and not self.condition_readers():
+            raise ConfigError(
+                "sample.labels needs a [conditioner] or a guidance that reads labels (classifier)"
+            )
         classes = self.dataset.num_classes
         bad = [label for label in labels if not 0 <= label < classes]
         if bad or not labels:
@@ -585,13 +639,18 @@ class Pipeline:
             if readings is None:  # check_compatible refuses this; a data set may still change
                 raise ConfigError("eval.attributes: the data set cannot read images back")
             results["attributes"] = attribute_diversity(readings)
-            if model.conditioner is not None or self.condition_readers():
-                raw = self.sample_conditions(cfg.attributes_samples)
-                wanted = [self.eval_dataset.label_attributes(int(label)) for label in raw]
+            raw = self.sample_conditions(cfg.attributes_samples)
+            if raw is not None:
+                asked = self.eval_dataset
+                wanted = [
+                    asked.caption_attributes(c)
+                    if isinstance(c, str)
+                    else asked.label_attributes(int(c))
+                    for c in raw
+                ]
                 if all(w is not None for w in wanted):
-                    results["attributes"]["adherence"] = attribute_adherence(
-                        readings,
-                        wanted,  # type: ignore[arg-type]
+                    results["attributes"].update(
+                        attribute_adherence_by_key(readings, wanted)  # type: ignore[arg-type]
                     )
         write_eval(directory, results)
         if progress:

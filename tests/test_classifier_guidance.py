@@ -24,6 +24,8 @@ from ddpmkit import (
     registry,
 )
 from ddpmkit.cli import main
+from ddpmkit.config import load_config
+from ddpmkit.pipeline import Pipeline
 from ddpmkit.testing import ReferenceImages, reference_model
 from ddpmkit_conditioning import ClassifierGuidance
 from ddpmkit_conditioning.classifier import ACCURACY_FILE
@@ -231,7 +233,7 @@ def test_score_helpers_keep_x_t_and_the_output() -> None:
     pred, score = model.predict(x, tt), torch.randn(8, 2)
     alpha, sigma = model.alpha_sigma(tt, 2)
     for step in (guide_eps, shift_mean):
-        out = step(model, pred, x, tt, score)
+        out = step(model, pred, x, tt, score, 2.0)
         torch.testing.assert_close(alpha * out.x0 + sigma * out.eps, x, atol=1e-5, rtol=1e-5)
         assert out.output is pred.output
 
@@ -245,6 +247,8 @@ def test_labels_are_needed_and_repeat_over_a_doubled_batch() -> None:
         g.guide(model, model.predict, x, tt, None)
     with pytest.raises(ConfigError, match="a class label .* for every sample"):
         g.for_conditions(torch.tensor([0, -1]))
+    with pytest.raises(ConfigError, match=r"got \['a red circle'\]"):
+        g.for_conditions(["a red circle"])
     bound = g.for_conditions(torch.tensor([0, 1, 2]))
     assert g.labels is None  # the copy holds them
     per_row = g.for_conditions(torch.tensor([0, 1, 2, 0, 1, 2]))
@@ -401,10 +405,9 @@ class DoNothing(ddpmkit.Stage):
         (context.directory / "nothing.txt").write_text("")
 
 
-def test_a_guidance_without_labels_is_one_message(
-    write_pipeline: Callable[..., Path], capsys: pytest.CaptureFixture[str]
-) -> None:
-    """Data without labels give the guidance none to read: refused at build time."""
+def test_a_guidance_without_labels_is_one_message(write_pipeline: Callable[..., Path]) -> None:
+    """Data without labels give the guidance none to read: one ConfigError naming the key when
+    sampling starts (the train-classifier stage refuses such data at build time already)."""
     registry.register("dataset", "test-unlabelled-shapes")(UnlabelledShapes)
     registry.register("stage", "test-nothing")(DoNothing)
     try:
@@ -413,10 +416,13 @@ def test_a_guidance_without_labels_is_one_message(
             ("[train]", "[stages.clf]\ntype = 'test-nothing'\n\n[train]"),
             GUIDED,
         )
-        assert main(["validate", str(path)]) == 2
+        pipeline = Pipeline.build(load_config(path))
+        with pytest.raises(ConfigError) as info:
+            pipeline.draw_samples(pipeline.model, 3, seed=0, progress=False)
     finally:
         registry.unregister("dataset", "test-unlabelled-shapes")
         registry.unregister("stage", "test-nothing")
-    err = capsys.readouterr().err
-    assert "sample.guidance: classifier guidance needs a class label (0 .. K-1)" in err, err
-    assert "got [-1] (-1: unlabelled)" in err and "Traceback" not in err
+    assert str(info.value).startswith(
+        "sample.guidance: classifier guidance needs a class label (0 .. K-1) for every sample"
+    )
+    assert "got [-1, -1, -1] (-1: unlabelled)" in str(info.value)

@@ -190,44 +190,85 @@ class TestBundledDatasets(DatasetContract):
 
 class TestBundledConditioners(ConditionerContract):
     distribution = BUNDLED
-    params_by_name: ClassVar[dict[str, dict[str, Any]]] = {"class": {"num_classes": 3}}
+    params_by_name: ClassVar[dict[str, dict[str, Any]]] = {
+        "class": {"num_classes": 3},
+        "text": {"vocabulary": ["a", "red", "circle"], "width": 8, "heads": 2},
+    }
+
+    def params_for(self, name: str, tmp_path: Path) -> dict[str, Any]:
+        if name == "hf-text":
+            pytest.importorskip("transformers")
+            from hf_models import save_tiny_bert
+
+            return {"path": str(save_tiny_bert(tmp_path / "bert")), "max_length": 8}
+        return super().params_for(name, tmp_path)
 
     def raw_conditions(self, name: str, batch: int) -> Any:
+        if name in {"text", "hf-text"}:
+            return ["", "a red circle", "a blue square"][:batch]  # "" is the null
         return torch.arange(batch) % 3 - (torch.arange(batch) == 0).long()  # -1 is the null
 
 
 # a small classifier for the kit's (2, 4, 4) reference images
 SMALL_CLASSIFIER = {"base_channels": 8, "channel_mults": [1, 2], "groups": 4, "num_heads": 2}
 
+TINY_CLIP = {
+    "steps": 2,
+    "batch_size": 8,
+    "embed_dim": 8,
+    "image_width": 8,
+    "image_levels": 1,
+    "text_width": 8,
+    "text_heads": 2,
+}
+"""A train-clip stage that runs in a blink on the kit's reference images."""
+
 
 class TestBundledGuidance(GuidanceContract):
     distribution = BUNDLED
     params_by_name: ClassVar[dict[str, dict[str, Any]]] = {
+        "clip": {"clip": "clip"},
         "classifier": {"classifier": "clf", "scale": 2.0},
     }
 
+    def params_for(self, name: str, tmp_path: Path) -> dict[str, Any]:
+        if name == "hf-clip":  # unbound: the kit's 2-channel images are not RGB (test_hf.py
+            pytest.importorskip("transformers")  # checks its guided predictions)
+            from hf_models import save_tiny_clip
+
+            return {"path": str(save_tiny_clip(tmp_path / "hf-clip"))}
+        return super().params_for(name, tmp_path)
+
     def build(self, name: str, tmp_path: Path, **overrides: Any) -> Any:
         guidance = super().build(name, tmp_path, **overrides)
-        if name != "classifier":
-            return guidance
-        # the bundled stage trains the classifier it guides with, a few steps on the kit's data
-        folder = tmp_path / "stages" / "clf"
-        if not folder.is_dir():
-            folder.mkdir(parents=True)
-            stage = registry.create(
-                "stage", "train-classifier", steps=5, batch_size=8, **SMALL_CLASSIFIER
-            )
-            context = StageContext(
-                "clf", folder, reference_model(), ReferenceImages(), torch.device("cpu"), 0, False
-            )
-            stage.run(context)
-        guidance.attach({"clf": folder})
-        return guidance.for_conditions(torch.tensor([1]))
+        model, data, cpu = reference_model(), ReferenceImages(), torch.device("cpu")
+        if name == "clip":
+            # the noised CLIP of a tiny train-clip stage, guiding towards one prompt
+            folder = tmp_path / "stages" / "clip"
+            folder.mkdir(parents=True, exist_ok=True)
+            stage = registry.create("stage", "train-clip", **TINY_CLIP)
+            stage.run(StageContext("clip", folder, model, data, cpu, 0, False))
+            guidance.attach({"clip": folder})
+            return guidance.for_conditions(["a bright image"])
+        if name == "classifier":
+            # the bundled stage trains the classifier it guides with, a few steps, on the kit's
+            # data; guiding every sample towards class 1
+            folder = tmp_path / "stages" / "clf"
+            if not folder.is_dir():
+                folder.mkdir(parents=True)
+                stage = registry.create(
+                    "stage", "train-classifier", steps=5, batch_size=8, **SMALL_CLASSIFIER
+                )
+                stage.run(StageContext("clf", folder, model, data, cpu, 0, False))
+            guidance.attach({"clf": folder})
+            return guidance.for_conditions(torch.tensor([1]))
+        return guidance
 
 
 class TestBundledStages(StageContract):
     distribution = BUNDLED
     params_by_name: ClassVar[dict[str, dict[str, Any]]] = {
+        "train-clip": TINY_CLIP,
         "train-classifier": {"steps": 3, "batch_size": 8, **SMALL_CLASSIFIER},
     }
 

@@ -205,11 +205,15 @@ class ClassifierGuidance(Guidance):
 
     def for_conditions(self, raw: Any) -> ClassifierGuidance:
         """A copy that guides sample b towards class ``raw[b]``."""
-        labels = torch.as_tensor(raw, dtype=torch.long)
+        try:
+            labels = torch.as_tensor(raw, dtype=torch.long)
+        except (TypeError, ValueError, RuntimeError):  # captions, say
+            labels = torch.full((1,), -1)
         if labels.ndim != 1 or labels.numel() == 0 or bool((labels < 0).any()):
+            shown = raw.tolist() if isinstance(raw, torch.Tensor) else raw
             raise ConfigError(
                 "classifier guidance needs a class label (0 .. K-1) for every sample, from "
-                f"sample.labels or the data's labels; got {labels.tolist()[:8]} (-1: unlabelled)"
+                f"sample.labels or the data's labels; got {str(shown)[:60]} (-1: unlabelled)"
             )
         bound = copy.copy(self)
         bound.labels = labels
@@ -253,7 +257,7 @@ class ClassifierGuidance(Guidance):
             log_probs = network(x, t).log_softmax(dim=-1)
             return log_probs.gather(1, y.clone()[:, None])[:, 0]
 
-        # g = s grad_x log p_phi(y | x_t, t)
-        score = self.params.scale * input_gradient(log_p, x_t)
-        # the score form (Algorithm 2) or the ancestral mean shift (Algorithm 1)
-        return SCORE_FORMS[self.params.form](model, pred, x_t, t, score)
+        # grad_x log p_phi(y | x_t, t)
+        grad = input_gradient(log_p, x_t)
+        # with scale s: the score form (Algorithm 2) or the ancestral mean shift (Algorithm 1)
+        return SCORE_FORMS[self.params.form](model, pred, x_t, t, grad, self.params.scale)

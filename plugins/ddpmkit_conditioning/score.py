@@ -1,13 +1,13 @@
 """Guiding a prediction by the gradient of a log-density: the step classifier guidance and CLIP
 guidance share (Dhariwal & Nichol 2021, section 4; Nichol et al. 2022, GLIDE section 2.3).
 
-A guidance computes a score ``g = s grad_x log p(y | x_t)`` (scale folded in) with
-:func:`input_gradient` and returns it through the prediction in one of two forms:
+A guidance computes ``grad = grad_x log p(y | x_t)`` with :func:`input_gradient` and applies
+it with its scale s through the prediction, in one of two forms:
 
-* ``score`` (:func:`guide_eps`): eps~ = eps - sqrt(1 - abar_t) g, Algorithm 2; right for DDIM
-  and every other sampler, as it guides the score the sampler integrates;
+* ``score`` (:func:`guide_eps`): eps~ = eps - sqrt(1 - abar_t) s grad, Algorithm 2; right for
+  DDIM and every other sampler, as it guides the score the sampler integrates;
 * ``mean-shift`` (:func:`shift_mean`): the eps that moves the ancestral (``ddpm``) step's mean
-  by exactly Sigma_t g, Algorithm 1.
+  by exactly s Sigma_t grad, Algorithm 1.
 """
 
 from __future__ import annotations
@@ -44,16 +44,17 @@ def guide_eps(
     pred: Prediction,
     x_t: torch.Tensor,
     t: torch.Tensor,
-    score: torch.Tensor,
+    grad: torch.Tensor,
+    scale: float,
 ) -> Prediction:
-    """eps~ = eps - sqrt(1 - abar_t) g (Dhariwal & Nichol 2021, eq. 14 and Algorithm 2).
+    """eps~ = eps - sqrt(1 - abar_t) s grad (Dhariwal & Nichol 2021, eq. 14 and Algorithm 2).
 
-    ``g`` (``score``) is s grad_x log p(y | x_t); since eps = -sqrt(1 - abar_t) grad_x log
-    p(x_t), eps~ is the eps of p(x_t) p(y | x_t)^s. x0 is re-derived from eps~.
+    ``grad`` is grad_x log p(y | x_t) and ``scale`` s; since eps = -sqrt(1 - abar_t) grad_x
+    log p(x_t), eps~ is the eps of p(x_t) p(y | x_t)^s. x0 is re-derived from eps~.
     """
     alpha, sigma = model.alpha_sigma(t, x_t.ndim)
     # eps~ = eps - sqrt(1 - abar_t) s grad_x log p(y | x_t)
-    eps = pred.eps - sigma * score
+    eps = pred.eps - sigma * scale * grad
     return Prediction(eps=eps, x0=x0_from_eps(x_t, eps, alpha, sigma), output=pred.output)
 
 
@@ -62,14 +63,15 @@ def shift_mean(
     pred: Prediction,
     x_t: torch.Tensor,
     t: torch.Tensor,
-    score: torch.Tensor,
+    grad: torch.Tensor,
+    scale: float,
 ) -> Prediction:
-    """mu~ = mu + Sigma_t g (Dhariwal & Nichol 2021, Algorithm 1), as the eps that gives it.
+    """mu~ = mu + s Sigma_t grad (Dhariwal & Nichol 2021, Algorithm 1), as the eps that gives it.
 
-    ``g`` (``score``) is s grad_x log p(y | x_t). The ancestral step's mean is mu =
+    ``grad`` is grad_x log p(y | x_t) and ``scale`` s. The ancestral step's mean is mu =
     mu~_t(x_t, x0) (``model.p_mean_variance``) and Sigma_t is the model's reverse variance,
     both for the step t -> t-1: the shift is exact on the full chain (``ddpm`` with all T
-    steps); on a respaced chain the mean of t -> s moves by a multiple of Sigma_t g instead.
+    steps); on a respaced chain the mean of t -> s moves by a multiple of s Sigma_t grad.
     """
     s = t - 1
     ndim, dtype = x_t.ndim, x_t.dtype
@@ -78,8 +80,8 @@ def shift_mean(
     # mu = c_0 x0 + c_t x_t with x0 = (x_t - sigma_t eps) / alpha_t (Ho et al. eq. 7 and 4)
     c_0 = column(posterior_mean_coefficients(model.abar_at(t), model.abar_at(s))[0], ndim)
     alpha, sigma = model.alpha_sigma(t, ndim)
-    # so d mu / d eps = -c_0 sigma_t / alpha_t: this eps~ moves mu by exactly Sigma_t g
-    eps = pred.eps - alpha / (c_0.to(dtype) * sigma) * variance * score
+    # so d mu / d eps = -c_0 sigma_t / alpha_t: this eps~ moves mu by exactly s Sigma_t grad
+    eps = pred.eps - alpha / (c_0.to(dtype) * sigma) * variance * (scale * grad)
     return Prediction(eps=eps, x0=x0_from_eps(x_t, eps, alpha, sigma), output=pred.output)
 
 
@@ -92,7 +94,8 @@ class ScoreStep(Protocol):
         pred: Prediction,
         x_t: torch.Tensor,
         t: torch.Tensor,
-        score: torch.Tensor,
+        grad: torch.Tensor,
+        scale: float,
     ) -> Prediction: ...
 
 

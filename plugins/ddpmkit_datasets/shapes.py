@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from pydantic import Field, model_validator
 
-from ddpmkit import Batch, Dataset, Example, Params
+from ddpmkit import Batch, Dataset, Example, Params, caption_words
 from ddpmkit_datasets._cache import PixelCache, as_index
 from ddpmkit_datasets._render import COLORS, SHAPES, ColorName, ShapeName, render
 from ddpmkit_datasets.reader import read_shapes
@@ -25,6 +25,11 @@ POSITIONS: dict[PositionName, tuple[int, int, str]] = {
 
 MARGIN = 0.02  # free space kept between a shape pushed to one side and the image border
 JITTER = 0.04  # random shift of the position, as a fraction of the side
+
+
+def _caption(shape: str, color: str, where: PositionName) -> str:
+    """``"a {color} {shape} {position phrase}"``, the caption of every ``shapes`` example."""
+    return f"a {color} {shape} {POSITIONS[where][2]}"
 
 
 class ShapesParams(Params):
@@ -103,7 +108,31 @@ class ShapesDataset(Dataset):
     def caption(self, index: SupportsIndex) -> str:
         """The English caption of example ``index``, e.g. ``"a blue square at the top"``."""
         shape, color, where = self.attributes(index)
-        return f"a {color} {shape} {POSITIONS[where][2]}"
+        return _caption(shape, color, where)
+
+    def caption_vocabulary(self) -> list[str]:
+        """The words of every caption these params can draw (without rendering any image)."""
+        p = self.params
+        return sorted(
+            {
+                word
+                for shape in p.shapes
+                for color in p.colors
+                for where in p.positions
+                for word in caption_words(_caption(shape, color, where))
+            }
+        )
+
+    def caption_attributes(self, caption: str) -> dict[str, str]:
+        """The shape, colour and position a caption names (any it leaves out are not asked
+        for): ``"a red circle on the left"`` -> shape circle, colour red, position left."""
+        found: dict[str, str] = {}
+        said = caption_words(caption)
+        for key, names in (("shape", SHAPES), ("color", tuple(COLORS)), ("position", POSITIONS)):
+            named = [name for name in names if name in said]
+            if len(named) == 1:  # none, or a caption naming two, asks for nothing definite
+                found[key] = named[0]
+        return found
 
     def _make(self, index: int) -> torch.Tensor:
         shape, color, _, cx, cy, half = self._layout(index)

@@ -145,8 +145,9 @@ class SampleConfig(Section):
         None,
         max_length=1_000_000,
         description=(
-            "With a `class` conditioner: the labels to sample, cycled over the samples "
-            "(absent: every class in turn)."
+            "With a `class` conditioner or a guidance that reads labels (`classifier`): the "
+            "labels to sample, cycled over the samples (absent: every class in turn with a "
+            "conditioner; without one, the labels of the data's examples 0, 1, ...)."
         ),
     )
     prompts: list[str] | None = Field(

@@ -180,6 +180,25 @@ class Pipeline:
         """Every ``[sample.guidance]`` guidance, the first innermost (empty: none)."""
         return [g for where, g in self.built.items() if where.startswith("sample.guidance")]
 
+    def bound_guidances(self, raw: Any) -> list[Guidance]:
+        """Every guidance bound to the raw conditions ``raw`` of one sampler call (its
+        :meth:`~ddpmkit.Guidance.for_conditions`); a guidance's refusal names its key."""
+        bound = []
+        for where, guidance in self.built.items():
+            if where.startswith("sample.guidance"):
+                try:  # a guidance refuses conditions it cannot read (no labels, say)
+                    bound.append(guidance.for_conditions(raw))
+                except ConfigError as exc:
+                    raise ConfigError(f"{where}: {exc}") from exc
+        return bound
+
+    def condition_readers(self) -> list[Guidance]:
+        """The guidances that read raw conditions of their own (classifier guidance: the
+        labels; CLIP guidance: the captions), which sampling hands them with
+        :meth:`~ddpmkit.Guidance.for_conditions`."""
+        probe = self.dataset.batch([0])
+        return [g for g in self.guidances if g.raw_from_batch(probe) is not None]
+
     @property
     def weighting(self) -> LossWeighting | None:
         """The ``[train.weighting]`` loss weighting, if any."""
@@ -270,8 +289,11 @@ class Pipeline:
                     f"{self.config.conditioner.type!r} produces: {exc}"  # type: ignore[union-attr]
                 ) from exc
         if self.config.sample is not None and self.config.sample.labels is not None:
-            if conditioner is None:
-                raise ConfigError("sample.labels needs a [conditioner]")
+            if conditioner is None and not self.condition_readers():
+                raise ConfigError(
+                    "sample.labels needs a [conditioner] or a guidance that reads labels "
+                    "(classifier)"
+                )
             self.sample_conditions(1)
         elif (
             self.config.sample is not None
@@ -527,7 +549,7 @@ class Pipeline:
                 part = raw[start : start + n]
                 with torch.no_grad():
                     cond = model.encode(part.to(self.device) if torch.is_tensor(part) else part)
-                guidance = [g.for_conditions(part) for g in self.guidances] or None
+                guidance = self.bound_guidances(part) or None
             with autocast(self.device, cfg.precision):
                 sample = self.sampler.sample(
                     model,
@@ -567,8 +589,10 @@ class Pipeline:
             return readers[0].raw_from_batch(
                 self.dataset.batch([i % len(self.dataset) for i in range(count)])
             )
-        if conditioner is None:
-            raise ConfigError("sample.labels needs a [conditioner]")
+        if conditioner is None and not self.condition_readers():
+            raise ConfigError(
+                "sample.labels needs a [conditioner] or a guidance that reads labels (classifier)"
+            )
         classes = self.dataset.num_classes
         bad = [label for label in labels if not 0 <= label < classes]
         if bad or not labels:

@@ -9,6 +9,7 @@ import shutil
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -124,6 +125,16 @@ def fit_network(
     return save_checkpoint(
         context.directory / WEIGHTS_FILE, network.state_dict(), dict(metadata or {}, steps=steps)
     )
+
+
+def network_metadata(folder: Path, *, what: str) -> dict[str, Any]:
+    """The ``metadata`` :func:`fit_network` saved with the weights in ``folder`` (with
+    ``steps``): what a user of the weights needs to rebuild the network before
+    :func:`load_network`; ``what`` names the user in the error of a missing file."""
+    path = folder / WEIGHTS_FILE
+    if not path.is_file():
+        raise DdpmkitError(f"{what}: {path} does not exist (has its stage run?)")
+    return load_checkpoint(path)[1]
 
 
 def load_network(network: nn.Module, folder: Path, *, what: str) -> nn.Module:

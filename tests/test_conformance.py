@@ -233,6 +233,8 @@ TINY_BASE = {
 }
 """The cascade's base model: a two-step training of a tiny U-Net on 8x8 shapes."""
 
+# a small classifier for the kit's (2, 4, 4) reference images
+SMALL_CLASSIFIER = {"base_channels": 8, "channel_mults": [1, 2], "groups": 4, "num_heads": 2}
 
 TINY_CLIP = {
     "steps": 2,
@@ -248,7 +250,10 @@ TINY_CLIP = {
 
 class TestBundledGuidance(GuidanceContract):
     distribution = BUNDLED
-    params_by_name: ClassVar[dict[str, dict[str, Any]]] = {"clip": {"clip": "clip"}}
+    params_by_name: ClassVar[dict[str, dict[str, Any]]] = {
+        "clip": {"clip": "clip"},
+        "classifier": {"classifier": "clf", "scale": 2.0},
+    }
 
     def params_for(self, name: str, tmp_path: Path) -> dict[str, Any]:
         if name == "hf-clip":  # unbound: the kit's 2-channel images are not RGB (test_hf.py
@@ -260,16 +265,28 @@ class TestBundledGuidance(GuidanceContract):
 
     def build(self, name: str, tmp_path: Path, **overrides: Any) -> Any:
         guidance = super().build(name, tmp_path, **overrides)
-        if name != "clip":
-            return guidance
-        # the noised CLIP of a tiny train-clip stage, guiding towards one prompt
-        folder = tmp_path / "stages" / "clip"
-        folder.mkdir(parents=True, exist_ok=True)
-        stage = registry.create("stage", "train-clip", **TINY_CLIP)
         model, data, cpu = reference_model(), ReferenceImages(), torch.device("cpu")
-        stage.run(StageContext("clip", folder, model, data, cpu, 0, False))
-        guidance.attach({"clip": folder})
-        return guidance.for_conditions(["a bright image"])
+        if name == "clip":
+            # the noised CLIP of a tiny train-clip stage, guiding towards one prompt
+            folder = tmp_path / "stages" / "clip"
+            folder.mkdir(parents=True, exist_ok=True)
+            stage = registry.create("stage", "train-clip", **TINY_CLIP)
+            stage.run(StageContext("clip", folder, model, data, cpu, 0, False))
+            guidance.attach({"clip": folder})
+            return guidance.for_conditions(["a bright image"])
+        if name == "classifier":
+            # the bundled stage trains the classifier it guides with, a few steps, on the kit's
+            # data; guiding every sample towards class 1
+            folder = tmp_path / "stages" / "clf"
+            if not folder.is_dir():
+                folder.mkdir(parents=True)
+                stage = registry.create(
+                    "stage", "train-classifier", steps=5, batch_size=8, **SMALL_CLASSIFIER
+                )
+                stage.run(StageContext("clf", folder, model, data, cpu, 0, False))
+            guidance.attach({"clf": folder})
+            return guidance.for_conditions(torch.tensor([1]))
+        return guidance
 
 
 class TestBundledStages(StageContract):
@@ -277,6 +294,7 @@ class TestBundledStages(StageContract):
     params_by_name: ClassVar[dict[str, dict[str, Any]]] = {
         "train-clip": TINY_CLIP,
         "diffusion": TINY_BASE,
+        "train-classifier": {"steps": 3, "batch_size": 8, **SMALL_CLASSIFIER},
     }
 
 

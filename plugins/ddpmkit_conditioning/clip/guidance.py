@@ -21,19 +21,11 @@ from ddpmkit import (
     Params,
     PredictFn,
     Prediction,
-    x0_from_eps,
 )
 from ddpmkit_conditioning.clip.model import NoisedClip
 from ddpmkit_conditioning.clip.stage import load_noised_clip
+from ddpmkit_conditioning.score import guide_eps, input_gradient
 from ddpmkit_conditioning.text.conditioner import as_captions
-
-
-def _shift_eps(
-    eps: torch.Tensor, sigma: torch.Tensor, s: float, grad: torch.Tensor
-) -> torch.Tensor:
-    """eps~ = eps - sqrt(1 - abar_t) s grad: a score s grad added to the model's score
-    -eps / sqrt(1 - abar_t) (Dhariwal & Nichol 2021, eq. 14 / Algorithm 2)."""
-    return eps - sigma * s * grad
 
 
 class ContrastiveGuidance(Guidance, abc.ABC):
@@ -80,14 +72,15 @@ class ContrastiveGuidance(Guidance, abc.ABC):
                 f"{x_t.shape[0]} samples but {self.text.shape[0]} prompts: one prompt per sample"
             )
         repeats = x_t.shape[0] // self.text.shape[0]
-        # normal tensors, so a sampler under torch.inference_mode can still differentiate
-        with torch.inference_mode(False), torch.enable_grad():
-            x = x_t.detach().clone().requires_grad_(True)
-            g = self.text.clone().to(x.device).repeat(repeats, 1)
-            # the CLIP logit f(x_t, t) . g(c) / tau, summed over the batch (rows independent)
-            score = self.logit_scale() * (self.image_features(x, t.clone()) * g).sum()
-            (grad,) = torch.autograd.grad(score, x)
-        return grad.detach()
+        text = self.text
+
+        def logit(x: torch.Tensor) -> torch.Tensor:
+            # the CLIP logit f(x_t, t) . g(c) / tau of each sample (clones: normal tensors, so
+            # a sampler under torch.inference_mode can still differentiate)
+            g = text.clone().to(x.device).repeat(repeats, 1)
+            return self.logit_scale() * (self.image_features(x, t.clone()) * g).sum(dim=-1)
+
+        return input_gradient(logit, x_t)
 
     def guide(
         self,
@@ -101,11 +94,8 @@ class ContrastiveGuidance(Guidance, abc.ABC):
         inner = predict(x_t, t, cond)
         if self.text is None or self.scale == 0:
             return inner
-        alpha, sigma = model.alpha_sigma(t, x_t.ndim)
-        # eps~ = eps - sqrt(1 - abar_t) s grad_x (f(x_t, t) . g(c) / tau)
-        eps = _shift_eps(inner.eps, sigma, self.scale, self.score_gradient(x_t, t))
-        # x0 from the shifted eps, so x_t = alpha x0 + sigma eps still holds
-        return Prediction(eps=eps, x0=x0_from_eps(x_t, eps, alpha, sigma), output=inner.output)
+        # eps~ = eps - sqrt(1 - abar_t) s grad_x (f(x_t, t) . g(c) / tau), x0 re-derived
+        return guide_eps(model, inner, x_t, t, self.score_gradient(x_t, t), self.scale)
 
 
 class ClipGuidanceParams(Params):

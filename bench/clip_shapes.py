@@ -40,6 +40,24 @@ def within_prompt_distance(samples: torch.Tensor, prompts: list[str]) -> float:
     return sum(distances) / len(distances)
 
 
+def read_prompted(pipeline: Pipeline, run: Path, count: int, grid: Path) -> dict[str, float | int]:
+    """Draw ``count`` samples from the run's newest EMA weights with the pipeline's prompts,
+    read them back against the prompts and write a grid of the first 40 to ``grid``."""
+    _, checkpoint = list_checkpoints(run / "checkpoints")[-1]
+    model = load_weights(pipeline.model, checkpoint)
+    samples = pipeline.draw_samples(model, count, seed=0, progress=False)
+    readings = pipeline.dataset.read_attributes(samples)
+    assert readings is not None
+    prompts = pipeline.sample_conditions(count)
+    wanted = [pipeline.dataset.caption_attributes(p) for p in prompts]
+    save_grid(samples[:40], grid, nrow=5, scale=4)
+    return {
+        **attribute_diversity(readings),
+        **attribute_adherence_by_key(readings, wanted),
+        "within_prompt_distance": within_prompt_distance(samples, prompts),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, default=None, help="default: the latest run")
@@ -54,19 +72,7 @@ def main() -> None:
         )
         run = args.run or latest_run_directory(pipeline.config)
         pipeline.attach_stages(run)
-        _, checkpoint = list_checkpoints(run / "checkpoints")[-1]
-        model = load_weights(pipeline.model, checkpoint)
-        samples = pipeline.draw_samples(model, args.samples, seed=0, progress=False)
-        readings = pipeline.dataset.read_attributes(samples)
-        assert readings is not None
-        prompts = pipeline.sample_conditions(args.samples)
-        wanted = [pipeline.dataset.caption_attributes(p) for p in prompts]
-        found = {
-            **attribute_diversity(readings),
-            **attribute_adherence_by_key(readings, wanted),
-            "within_prompt_distance": within_prompt_distance(samples, prompts),
-        }
-        save_grid(samples[:40], args.images / f"clip-s{s:g}.png", nrow=5, scale=4)
+        found = read_prompted(pipeline, run, args.samples, args.images / f"clip-s{s:g}.png")
         rows.append((s, found))
         print(f"s = {s:g}", json.dumps(found), flush=True)
     print(f"\n{args.samples} samples per scale, the 5 prompts in turn\n")

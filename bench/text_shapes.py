@@ -17,13 +17,10 @@ import argparse
 import json
 from pathlib import Path
 
-from clip_shapes import within_prompt_distance
+from clip_shapes import read_prompted
 
-from ddpmkit.checkpoint import list_checkpoints
 from ddpmkit.config import load_config
-from ddpmkit.evaluate import attribute_adherence_by_key, attribute_diversity
-from ddpmkit.images import save_grid
-from ddpmkit.pipeline import Pipeline, latest_run_directory, load_weights
+from ddpmkit.pipeline import Pipeline, latest_run_directory
 
 PIPELINE = Path("examples/shapes-text.toml")
 CLIP_PIPELINE = Path("examples/shapes-clip.toml")
@@ -54,19 +51,7 @@ def main() -> None:
         run = latest_run_directory(pipeline.config)
         for guidance in pipeline.guidances:  # the CLIP of the shapes-clip run
             guidance.attach({"clip": clip_run / "stages" / "clip"})
-        _, checkpoint = list_checkpoints(run / "checkpoints")[-1]
-        model = load_weights(pipeline.model, checkpoint)
-        samples = pipeline.draw_samples(model, args.samples, seed=0, progress=False)
-        readings = pipeline.dataset.read_attributes(samples)
-        assert readings is not None
-        prompts = pipeline.sample_conditions(args.samples)
-        wanted = [pipeline.dataset.caption_attributes(p) for p in prompts]
-        found = {
-            **attribute_diversity(readings),
-            **attribute_adherence_by_key(readings, wanted),
-            "within_prompt_distance": within_prompt_distance(samples, prompts),
-        }
-        save_grid(samples[:40], args.images / f"text-{name}.png", nrow=5, scale=4)
+        found = read_prompted(pipeline, run, args.samples, args.images / f"text-{name}.png")
         rows.append((label, found))
         print(label, json.dumps(found), flush=True)
     print(f"\n{args.samples} samples per setting, the 5 prompts in turn\n")

@@ -20,9 +20,9 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from ddpmkit import Batch, Conditioner, Conditioning, ConfigError, Params
+from ddpmkit import Conditioning, ConfigError, Params
 from ddpmkit_conditioning.clip.guidance import ContrastiveGuidance
-from ddpmkit_conditioning.text.conditioner import as_captions
+from ddpmkit_conditioning.text.conditioner import CaptionConditioner, as_captions
 
 
 def local_folder(path: str, what: str) -> Path:
@@ -66,7 +66,7 @@ class HFTextConditionerParams(Params):
     )
 
 
-class HFTextConditioner(Conditioner):
+class HFTextConditioner(CaptionConditioner):
     """Captions through a pretrained ``transformers`` encoder (``AutoTokenizer`` and
     ``AutoModel`` from a local folder): ``last_hidden_state`` as the cross-attention context
     (zero on padding), the pooled vector added to the time embedding, the empty caption as the
@@ -116,18 +116,6 @@ class HFTextConditioner(Conditioner):
             if pooled is None:
                 raise ConfigError("hf-text.pooling = 'pooler': this model has no pooler_output")
         return Conditioning(embedding=pooled, context=tokens, context_mask=mask)
-
-    def null(self, batch_size: int, device: torch.device) -> Conditioning:
-        """The null condition: the empty caption for every sample."""
-        return self.forward([""] * batch_size)
-
-    def raw_from_batch(self, batch: Batch) -> list[str]:
-        """A training batch's captions."""
-        return list(batch.captions)
-
-    def default_conditions(self, count: int) -> None:
-        """None: sample with the data's own captions (the pipeline reads them)."""
-        return None
 
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)

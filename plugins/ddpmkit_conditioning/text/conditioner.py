@@ -60,7 +60,25 @@ def as_captions(raw: Any) -> list[str]:
     return list(raw)
 
 
-class TextConditioner(Conditioner):
+class CaptionConditioner(Conditioner):
+    """What every conditioner of captions shares: the empty caption is the null condition,
+    training reads the batch's captions, and sampling (without ``sample.prompts``) the data's
+    own captions, which the pipeline reads."""
+
+    def null(self, batch_size: int, device: torch.device) -> Conditioning:
+        """The null condition: the empty caption for every sample."""
+        return self.forward([""] * batch_size)
+
+    def raw_from_batch(self, batch: Batch) -> list[str]:
+        """A training batch's captions."""
+        return list(batch.captions)
+
+    def default_conditions(self, count: int) -> None:
+        """None: sample with the data's own captions (the pipeline reads them)."""
+        return None
+
+
+class TextConditioner(CaptionConditioner):
     """Captions ``(B,)`` -> ``Conditioning(embedding (B, D), context (B, L, D), context_mask)``.
 
     The GLIDE recipe (Nichol et al. 2021) at toy scale: a word-level tokenizer and a
@@ -89,15 +107,3 @@ class TextConditioner(Conditioner):
         device = self.encoder.token.weight.device
         tokens, pooled = self.encoder(ids.to(device), mask.to(device))
         return Conditioning(embedding=pooled, context=tokens, context_mask=mask.to(device))
-
-    def null(self, batch_size: int, device: torch.device) -> Conditioning:
-        """The null condition: the empty caption (only the ``<cls>`` token) for every sample."""
-        return self.forward([""] * batch_size)
-
-    def raw_from_batch(self, batch: Batch) -> list[str]:
-        """A training batch's captions."""
-        return list(batch.captions)
-
-    def default_conditions(self, count: int) -> None:
-        """None: sample with the data's own captions (the pipeline reads them)."""
-        return None

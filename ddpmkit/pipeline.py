@@ -302,9 +302,7 @@ class Pipeline:
         ):
             self.sample_conditions(1)  # the conditioner can say what to sample with
         if self.config.sample is not None and self.config.sample.prompts is not None:
-            if conditioner is None and not any(
-                g.raw_from_batch(self.dataset.batch([0])) is not None for g in self.guidances
-            ):
+            if conditioner is None and not self.condition_readers():
                 raise ConfigError(
                     "sample.prompts needs a [conditioner] (text) or a guidance that reads "
                     "prompts (clip)"

@@ -19,41 +19,18 @@ import time
 from pathlib import Path
 
 import torch
+from inpaint_shapes import N, agreement, held_out
 
 import ddpmkit
-from ddpmkit.checkpoint import list_checkpoints
-from ddpmkit.evaluate import attribute_adherence
 from ddpmkit.images import save_grid
-from ddpmkit.pipeline import load_model_from_checkpoint
-from ddpmkit_conditioning import region_mask
 from ddpmkit_datasets._render import BACKGROUND
 
-N = 32
-DATA = {"type": "shapes", "image_size": 16, "seed": 1, "num_examples": N}
 SEEDS = (0, 1, 2)
-
-
-def agreement(data: ddpmkit.Dataset, x: torch.Tensor, wanted: list) -> list[float]:
-    """Fractions of ``x`` whose shape, colour, position, and all three, are the original's."""
-    readings = data.read_attributes(x)
-    assert readings is not None
-    scores = [
-        attribute_adherence(readings, [{k: w[k]} for w in wanted])
-        for k in ("shape", "color", "position")
-    ]
-    return [*scores, attribute_adherence(readings, wanted)]
 
 
 def main() -> None:
     torch.set_num_threads(2)
-    _, checkpoint = list_checkpoints(Path("runs/shapes-glide-inpaint/checkpoints"))[-1]
-    model = load_model_from_checkpoint(checkpoint)
-    spec = dict(DATA)
-    data = ddpmkit.create("dataset", spec.pop("type"), **spec)
-    originals = data.batch(list(range(N))).images
-    wanted = data.read_attributes(originals)
-    assert wanted is not None and all(w is not None for w in wanted)
-    known = region_mask("right", 16, 16)
+    model, data, originals, wanted, known = held_out(Path("runs/shapes-glide-inpaint"))
     raw = torch.cat([originals, known.expand(N, 1, 16, 16)], dim=1)
     with torch.no_grad():
         cond = model.encode(raw)

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 import ddpmkit
+from ddpmkit import DiffusionModel
 from ddpmkit.checkpoint import list_checkpoints
 from ddpmkit.evaluate import attribute_adherence
 from ddpmkit.images import save_grid
@@ -26,29 +27,42 @@ N = 32
 DATA = {"type": "shapes", "image_size": 16, "seed": 1, "num_examples": N}
 
 
-def main() -> None:
-    torch.set_num_threads(2)
-    _, checkpoint = list_checkpoints(Path("runs/shapes/checkpoints"))[-1]
+def held_out(
+    run: Path,
+) -> tuple[DiffusionModel, ddpmkit.Dataset, torch.Tensor, list[dict[str, str]], torch.Tensor]:
+    """The newest EMA model of ``run``, the held-out data, its N images, their attributes
+    and the mask that keeps the left half known."""
+    _, checkpoint = list_checkpoints(run / "checkpoints")[-1]
     model = load_model_from_checkpoint(checkpoint)
     spec = dict(DATA)
     data = ddpmkit.create("dataset", spec.pop("type"), **spec)
     originals = data.batch(list(range(N))).images
     wanted = data.read_attributes(originals)
     assert wanted is not None and all(w is not None for w in wanted)
-    known = region_mask("right", 16, 16)
+    return model, data, originals, wanted, region_mask("right", 16, 16)  # type: ignore[return-value]
+
+
+def agreement(data: ddpmkit.Dataset, x: torch.Tensor, wanted: list) -> list[float]:
+    """Fractions of ``x`` whose shape, colour, position, and all three, are the original's."""
+    readings = data.read_attributes(x)
+    assert readings is not None
+    scores = [
+        attribute_adherence(readings, [{k: w[k]} for w in wanted])
+        for k in ("shape", "color", "position")
+    ]
+    return [*scores, attribute_adherence(readings, wanted)]
+
+
+def main() -> None:
+    torch.set_num_threads(2)
+    model, data, originals, wanted, known = held_out(Path("runs/shapes"))
     print("| resample U | shape | colour | position | all three |")
     print("|---:|---:|---:|---:|---:|")
     for resample in (1, 3):
         sampler = ddpmkit.create("sampler", "inpaint", data=DATA, resample=resample)
         x = sampler.sample(model, (N, 3, 16, 16), generator=torch.Generator().manual_seed(0))
-        readings = data.read_attributes(x)
-        assert readings is not None
-        scores = [
-            attribute_adherence(readings, [{k: w[k]} for w in wanted])  # type: ignore[index]
-            for k in ("shape", "color", "position")
-        ]
-        both = attribute_adherence(readings, wanted)  # type: ignore[arg-type]
-        print(f"| {resample} | " + " | ".join(f"{s:.3f}" for s in (*scores, both)) + " |")
+        scores = agreement(data, x, wanted)
+        print(f"| {resample} | " + " | ".join(f"{s:.3f}" for s in scores) + " |")
         rows = torch.cat([originals * known - (1 - known), x, originals])
         save_grid(
             rows[: 3 * N].reshape(3, N, 3, 16, 16)[:, :8].reshape(-1, 3, 16, 16),

@@ -50,7 +50,7 @@ from ddpmkit.pipeline import Pipeline
 from ddpmkit.plugin_policy import PLUGIN_API_VERSION
 from ddpmkit.registry import create, register
 from ddpmkit.runinfo import RunInfo
-from ddpmkit.stages import fit_network, load_network, network_metadata
+from ddpmkit.stages import fit_network, load_network, network_metadata, noised_batch
 
 __version__ = "0.1.0"
 
@@ -104,6 +104,7 @@ __all__ = [
     "load_network",
     "make_grid",
     "network_metadata",
+    "noised_batch",
     "posterior_mean_coefficients",
     "randn",
     "randn_like",

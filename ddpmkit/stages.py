@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from ddpmkit.checkpoint import load_checkpoint, save_checkpoint
 from ddpmkit.errors import DdpmkitError
 from ddpmkit.interfaces import Batch, Dataset, Stage, StageContext
-from ddpmkit.model import DiffusionModel
+from ddpmkit.model import DiffusionModel, randn_like
 from ddpmkit.train import batch_indices
 
 DONE_FILE = "stage.json"
@@ -29,6 +29,20 @@ WEIGHTS_FILE = "model.safetensors"
 
 StageLoss = Callable[[Batch, torch.Generator], tuple[torch.Tensor, dict[str, float]]]
 """``(batch, generator) -> (scalar loss, numbers to log)``: one training step's loss."""
+
+
+def noised_batch(
+    model: DiffusionModel, x_0: torch.Tensor, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x_t, t)``: t ~ U{0, ..., T-1} and x_t ~ q(x_t | x_0) on ``model``'s schedule (Ho et
+    al. 2020, Algorithm 1, lines 3-5), drawn from ``generator``: what a noise-aware network
+    (a classifier, a noised CLIP) trains on."""
+    # t ~ Uniform({0, ..., T-1}), on the generator's device, then moved
+    t = torch.randint(0, model.T, (x_0.shape[0],), generator=generator).to(x_0.device)
+    # x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, eps ~ N(0, I)
+    with torch.no_grad():
+        x_t = model.q_sample(x_0, t, randn_like(x_0, generator))
+    return x_t, t
 
 
 def stage_directories(run: Path, names: Mapping[str, object] | list[str]) -> dict[str, Path]:

@@ -198,3 +198,23 @@ def test_the_kit_data_has_two_separated_classes() -> None:
     means = [float(batch.images[batch.labels == k].mean()) for k in (0, 1)]
     assert means[0] < -0.3 and means[1] > 0.3
     assert {data[0].caption, data[1].caption} == set(ReferenceImages.CAPTIONS)
+
+
+def test_noised_batch_is_the_forward_process_at_uniform_t() -> None:
+    """The same draws, made by hand: t ~ U{0..T-1}, then eps, then x_t = q_sample(x_0, t, eps)
+    (exact equality: the same generator state gives the same numbers)."""
+    from ddpmkit.testing import reference_model
+
+    model = reference_model()
+    x_0 = ReferenceImages().images[:16]
+    x_t, t = ddpmkit.noised_batch(model, x_0, torch.Generator().manual_seed(5))
+    g = torch.Generator().manual_seed(5)
+    t_hand = torch.randint(0, model.T, (16,), generator=g)
+    eps = torch.randn(x_0.shape, generator=g)
+    assert torch.equal(t, t_hand)
+    assert torch.equal(x_t, model.q_sample(x_0, t_hand, eps))
+    # over many draws every index 0 .. T-1 appears
+    _, t_many = ddpmkit.noised_batch(
+        model, x_0.repeat(40, 1, 1, 1), torch.Generator().manual_seed(6)
+    )
+    assert set(t_many.tolist()) == set(range(model.T))

@@ -31,6 +31,7 @@ from ddpmkit import (
     fit_network,
     load_network,
     network_metadata,
+    noised_batch,
     randn_like,
 )
 from ddpmkit_conditioning.classifier_net import ClassifierNet, ClassifierNetParams, ClassifierShape
@@ -97,11 +98,8 @@ class TrainClassifierStage(Stage):
 
         def loss(batch: Batch, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
             x_0, y = batch.images.to(device), batch.labels.to(device)
-            # t ~ U{0, ..., T-1} over the model's own schedule, eps ~ N(0, I)
-            t = torch.randint(0, model.T, (x_0.shape[0],), generator=generator).to(device)
-            eps = randn_like(x_0, generator)
-            # x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, the forward process
-            x_t = model.q_sample(x_0, t, eps)
+            # x_t ~ q(x_t | x_0) at t ~ U{0, ..., T-1}, over the model's own schedule
+            x_t, t = noised_batch(model, x_0, generator)
             # cross-entropy of the true class under p_phi(y | x_t, t)
             logits = network(x_t, t)
             accuracy = (logits.argmax(dim=1) == y).float().mean()

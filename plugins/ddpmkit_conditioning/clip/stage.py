@@ -20,6 +20,7 @@ from ddpmkit import (
     StageContext,
     fit_network,
     load_network,
+    noised_batch,
 )
 from ddpmkit_conditioning.clip.model import NoisedClip
 
@@ -93,14 +94,9 @@ class TrainClipStage(Stage):
         def loss_fn(
             batch: Batch, generator: torch.Generator
         ) -> tuple[torch.Tensor, dict[str, float]]:
-            x0 = batch.images.to(context.device)
-            # t ~ U{0..T-1} and eps ~ N(0, I), as Algorithm 1 of Ho et al. draws them
-            t = torch.randint(0, model.T, (x0.shape[0],), generator=generator)
-            eps = torch.randn(x0.shape, generator=generator).to(context.device)
-            # x_t ~ q(x_t | x_0): the images CLIP guidance will see while sampling
-            with torch.no_grad():
-                x_t = model.q_sample(x0, t.to(context.device), eps)
-            loss, accuracy = network.loss(x_t, t.to(context.device), batch.captions)
+            # x_t ~ q(x_t | x_0) at t ~ U{0..T-1}: the images CLIP guidance will see
+            x_t, t = noised_batch(model, batch.images.to(context.device), generator)
+            loss, accuracy = network.loss(x_t, t, batch.captions)
             return loss, {"accuracy": accuracy}
 
         p = self.params

@@ -138,13 +138,13 @@ class DiffusionModel(nn.Module):
         self._alpha_host = abar_cpu.sqrt().to(torch.float32).unbind()
         self._sigma_host = (1.0 - abar_cpu).sqrt().to(torch.float32).unbind()
 
-    @torch.no_grad()
     def refresh_schedule(self) -> None:
         """Re-read a learnable schedule's abar_t after its parameters changed (an optimizer
         step, loading weights); a no-op for a fixed schedule."""
         if isinstance(self.schedule, LearnableSchedule):
-            self.schedule.refresh()
-            self._set_tables(self.schedule.alphas_cumprod)
+            with torch.no_grad():
+                self.schedule.refresh()
+                self._set_tables(self.schedule.alphas_cumprod)
 
     @property
     def T(self) -> int:
@@ -419,12 +419,13 @@ class DiffusionModel(nn.Module):
         # (a view of the first C channels only when there are more: a slice costs a copy in
         # the backward pass)
         mean_output = output[:, :channels] if output.shape[1] > channels else output
+        if weighting is None and vlb_weight == 0 and correction is None:
+            # unweighted: the mean over examples of their means is the mean of every element,
+            # one fused kernel each way
+            return nn.functional.mse_loss(mean_output.float(), target.float())
         # the squared error per example (mse_loss's fused kernels, the same numbers as
         # (output - target).pow(2))
         squared = nn.functional.mse_loss(mean_output.float(), target.float(), reduction="none")
-        if weighting is None and vlb_weight == 0 and correction is None:
-            # unweighted: the mean over examples of their means is the mean of every element
-            return squared.mean()
         error = squared.flatten(1).mean(dim=1)
         if weighting is not None:
             factor = self.parameterization.eps_error_factor(alpha, sigma).flatten()

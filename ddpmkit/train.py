@@ -48,6 +48,16 @@ class EMA:
         self.updates = 0
         self.shadow = {k: v.detach().clone() for k, v in module.state_dict().items()}
 
+    @property
+    def shadow(self) -> dict[str, torch.Tensor]:
+        """The averaged tensors, by state-dict key."""
+        return self._shadow
+
+    @shadow.setter
+    def shadow(self, tensors: dict[str, torch.Tensor]) -> None:
+        self._shadow = tensors
+        self._lists: tuple[nn.Module, list[torch.Tensor], list[torch.Tensor]] | None = None
+
     def current_decay(self) -> float:
         """The decay used by the next update: min(decay, (1 + n) / (10 + n)) with warm-up."""
         if not self.warmup:
@@ -58,14 +68,17 @@ class EMA:
     def update(self, module: nn.Module) -> None:
         """shadow <- d * shadow + (1 - d) * current, for floating tensors; copy the rest."""
         d = self.current_decay()
+        if self._lists is None or self._lists[0] is not module:
+            self._lists = self._parameter_lists(module)
+        if self._lists is not None:
+            # one fused kernel per device and dtype instead of one per tensor
+            torch._foreach_lerp_(self._lists[1], self._lists[2], 1.0 - d)
+            self.updates += 1
+            return
         floats: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
         for key, value in module.state_dict().items():
-            shadow = self.shadow[key]
+            shadow = self._follow_layout(key, value)
             if shadow.is_floating_point() and shadow.dtype == value.dtype:
-                if shadow.stride() != value.stride():
-                    # the model changed a tensor's layout (a U-Net made its weights channels-
-                    # last): follow it once, a lerp between two layouts is slow
-                    shadow = self.shadow[key] = torch.empty_like(value).copy_(shadow)
                 floats[0].append(shadow)
                 floats[1].append(value.detach())
             elif shadow.is_floating_point():
@@ -73,13 +86,42 @@ class EMA:
             else:
                 shadow.copy_(value)
         if floats[0]:
-            # one fused kernel per device and dtype instead of one per tensor
             torch._foreach_lerp_(floats[0], floats[1], 1.0 - d)
         self.updates += 1
 
+    def _follow_layout(self, key: str, value: torch.Tensor) -> torch.Tensor:
+        """The shadow of ``key``, re-laid out like ``value`` if the model changed the tensor's
+        layout (a U-Net made its weights channels-last): a lerp between two layouts is slow."""
+        shadow = self._shadow[key]
+        if shadow.is_floating_point() and shadow.stride() != value.stride():
+            shadow = self._shadow[key] = torch.empty_like(value).copy_(shadow)
+        return shadow
+
+    def _parameter_lists(
+        self, module: nn.Module
+    ) -> tuple[nn.Module, list[torch.Tensor], list[torch.Tensor]] | None:
+        """``(module, shadows, parameters)`` when every entry of the module's state dict is a
+        floating-point parameter of its shadow's dtype, else ``None``.
+
+        A parameter stays the same tensor object while it trains (the optimizer relies on
+        that too), so these lists serve every later update without walking the state dict;
+        a module with persistent buffers is walked at each update, since a buffer may be
+        replaced by a new tensor.
+        """
+        state = module.state_dict(keep_vars=True)
+        if state.keys() != self._shadow.keys() or not all(
+            isinstance(v, nn.Parameter) and v.dtype == self._shadow[k].dtype
+            for k, v in state.items()
+        ):
+            return None
+        shadows = [self._follow_layout(k, v) for k, v in state.items()]
+        if not all(s.is_floating_point() for s in shadows):
+            return None
+        return module, shadows, list(state.values())
+
     def copy_to(self, module: nn.Module) -> None:
         """Load the averaged weights into ``module``."""
-        module.load_state_dict(self.shadow)
+        module.load_state_dict(self._shadow)
 
 
 def lr_factor(step: int, config: TrainConfig) -> float:
@@ -230,7 +272,8 @@ class Trainer:
         self.scaler = grad_scaler(self.device, config.precision)
         self.replica_digests: list[str] | None = None
         self._loss = _Loss(model, config, weighting)
-        self._forward: nn.Module = self._loss
+        # the loss module's forward itself in one process (no hooks to run: it is private)
+        self._forward: Callable[..., torch.Tensor] = self._loss.forward
         if dist is not None:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -271,9 +314,11 @@ class Trainer:
             correction = None
         gen = self.eps_noise
         eps = torch.randn((batch, *x0.shape[1:]), generator=gen, device=gen.device, dtype=x0.dtype)
-        eps = eps[self.shard].to(self.device)
-        eps = channels_last(eps) if self.config.channels_last else eps
-        return t[self.shard], eps, None if correction is None else correction[self.shard]
+        if self.dist is not None:
+            t, eps = t[self.shard], eps[self.shard]
+            correction = None if correction is None else correction[self.shard]
+        eps = eps.to(self.device)
+        return t, channels_last(eps) if self.config.channels_last else eps, correction
 
     def condition(self, raw: Any) -> Conditioning | None:
         """Encode ``raw`` and replace each example's condition by the null one with
@@ -328,12 +373,14 @@ class Trainer:
         return loss.detach()
 
     def _check_finite(self, value: torch.Tensor, what: str) -> None:
-        """Stop at once when ``value`` is not finite. Reading it waits for the device, so on a
-        GPU the check is folded into a flag read at the next log or checkpoint instead (and
-        :meth:`save` refuses non-finite weights either way)."""
+        """Stop at once when ``value`` is not finite. On the CPU it is read as a number (a
+        fraction of a microsecond, where a tensor test is several); on a GPU reading would
+        wait for the device, so the check is folded into a flag read at the next log or
+        checkpoint instead (and :meth:`save` refuses non-finite weights either way)."""
         if self.device.type == "cpu":
-            if not torch.isfinite(value):
-                raise self.diverged(f"{what} is {value.item()}")
+            number = value.item()
+            if not math.isfinite(number):
+                raise self.diverged(f"{what} is {number}")
         else:
             self._nonfinite |= ~torch.isfinite(value.detach())
 
@@ -357,8 +404,9 @@ class Trainer:
             dynamic_ncols=True,
             mininterval=0.5,
         )
-        window_loss = torch.zeros((), device=self.device)
-        window_steps, window_start = 0, time.perf_counter()
+        # the window's losses stay on the device: no host sync per step
+        window_losses: list[torch.Tensor] = []
+        window_start = time.perf_counter()
         stop = _StopRequest()
         try:
             for x0, raw in self.batches():
@@ -366,29 +414,26 @@ class Trainer:
                     # Ctrl-C or SIGTERM between two steps: the state is whole, keep it
                     self.save()
                     raise KeyboardInterrupt(f"stopped at step {self.step}; checkpoint saved")
-                # the loss stays on the device: no host sync per step
-                window_loss += self.step_loss(x0, raw).float()
-                window_steps += 1
+                window_losses.append(self.step_loss(x0, raw))
                 bar.update(1)
                 logs = self.step % cfg.log_every == 0 or self.step == cfg.steps
                 every = cfg.checkpoint_every
                 saves = bool(every) and self.step % every == 0 and self.step < cfg.steps
                 if logs or saves:
-                    loss = self._window_mean(window_loss, window_steps)
+                    loss = self._window_mean(window_losses)
                 if logs:
                     elapsed = time.perf_counter() - window_start
                     bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
                     metrics = {
                         "loss": loss,
                         "lr": self.optimizer.param_groups[0]["lr"],
-                        "it_per_s": window_steps / max(elapsed, 1e-9),
+                        "it_per_s": len(window_losses) / max(elapsed, 1e-9),
                     }
                     if self.objective is not None:
                         metrics.update(self.objective.metrics())
                     if self.on_metrics is not None:
                         self.on_metrics(self.step, metrics)
-                    window_loss = torch.zeros((), device=self.device)
-                    window_steps, window_start = 0, time.perf_counter()
+                    window_losses, window_start = [], time.perf_counter()
                 if saves:
                     self.save()
         finally:
@@ -398,10 +443,11 @@ class Trainer:
             self.replica_digests = self.check_replicas()
         self.save()
 
-    def _window_mean(self, total: torch.Tensor, steps: int) -> float:
+    def _window_mean(self, losses: list[torch.Tensor]) -> float:
         """The mean loss since the last log (over all ranks); an error if it, or any loss or
         gradient norm since (on a GPU, where they are not read every step), is not finite."""
-        mean = total / max(steps, 1)
+        steps = len(losses)
+        mean = torch.stack(losses).float().mean() if losses else torch.zeros((), device=self.device)
         if self.dist is not None:
             mean = distributed.all_reduce_mean(mean, self.dist)
         value = float(mean.item())

@@ -41,6 +41,14 @@ class Conv1x1(nn.Conv2d):
         return out.permute(0, 3, 1, 2)
 
 
+def add_into(fresh: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """``fresh + other``, written into ``fresh`` (a tensor the caller just made, which no
+    backward pass reads) when that keeps the sum's dtype; a new tensor otherwise."""
+    if torch.promote_types(fresh.dtype, other.dtype) != fresh.dtype:
+        return fresh + other
+    return fresh.add_(other)
+
+
 class ResBlock(nn.Module):
     """Residual block with timestep conditioning (Ho et al. 2020; Dhariwal & Nichol 2021).
 
@@ -74,15 +82,18 @@ class ResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         """``x`` ``(B, C_in, H, W)``, ``emb`` ``(B, D)`` -> ``(B, C_out, H, W)``."""
-        h = self.conv1(F.silu(self.norm1(x)))
+        # without autograd the activations may overwrite the fresh tensors they read; with it,
+        # the additions may (a convolution's backward does not read its output)
+        inplace = not torch.is_grad_enabled()
+        h = self.conv1(F.silu(self.norm1(x), inplace=inplace))
         e = self.emb_proj(emb)[:, :, None, None]
         if self.scale_shift:
             scale, shift = e.chunk(2, dim=1)
             h = self.norm2(h) * (1 + scale) + shift
         else:
-            h = self.norm2(h + e)
-        h = self.conv2(self.dropout(F.silu(h)))
-        return self.skip(x) + h
+            h = self.norm2(add_into(h, e))
+        h = self.conv2(self.dropout(F.silu(h, inplace=inplace)))
+        return add_into(h, self.skip(x))
 
 
 def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -126,7 +137,9 @@ class SelfAttention2d(nn.Module):
         out = F.scaled_dot_product_attention(
             _split_heads(q, heads), _split_heads(k, heads), _split_heads(v, heads)
         )
-        return x + _to_map(self.proj(_merge_heads(out)), x)
+        out = self.proj(_merge_heads(out))
+        # the residual added in place to the projection's fresh output, in token layout
+        return _to_map(add_into(out, _to_tokens(x)), x)
 
 
 class CrossAttention2d(nn.Module):

@@ -341,7 +341,8 @@ class UNet(Denoiser):
             if level > 0:
                 h = self.upsample[i](h)
 
-        return self.conv_out(F.silu(self.norm_out(h))).contiguous()
+        h = F.silu(self.norm_out(h), inplace=not torch.is_grad_enabled())
+        return self.conv_out(h).contiguous()
 
 
 def _cpu_autocast() -> bool:

@@ -141,7 +141,7 @@ def run(quick: bool = False) -> str:
     ddim = create("sampler", "ddim", steps=50)
     ddpm_steps = 100 if quick else 1000
     ddpm = create("sampler", "ddpm", steps=ddpm_steps) if quick else create("sampler", "ddpm")
-    ddpm_repeats = 3 if quick else 5
+    ddpm_repeats = 3 if quick else 7
     times = interleaved_samples(
         {
             "bare DDIM": bare_loop(model, ddim, shape),

@@ -127,7 +127,7 @@ def run(quick: bool = False) -> str:
     ours = ddpmkit_unet()
     n_ours, n_theirs = parameters(ours), parameters(theirs)
     batch = 8
-    repeats = 3 if quick else 15
+    repeats = 3 if quick else 25
     times = interleaved_samples(contenders(batch, 32, ours, theirs), repeats)
     lines = [
         "### U-Net against diffusers' UNet2DModel",

@@ -73,8 +73,12 @@ class EMA:
         if self._lists is not None:
             # one fused kernel per device and dtype instead of one per tensor
             torch._foreach_lerp_(self._lists[1], self._lists[2], 1.0 - d)
-            self.updates += 1
-            return
+        else:
+            self._update_walking(module, d)
+        self.updates += 1
+
+    def _update_walking(self, module: nn.Module, d: float) -> None:
+        """The update by a walk of the state dict: floats averaged, the rest copied."""
         floats: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
         for key, value in module.state_dict().items():
             shadow = self._follow_layout(key, value)
@@ -87,7 +91,6 @@ class EMA:
                 shadow.copy_(value)
         if floats[0]:
             torch._foreach_lerp_(floats[0], floats[1], 1.0 - d)
-        self.updates += 1
 
     def _follow_layout(self, key: str, value: torch.Tensor) -> torch.Tensor:
         """The shadow of ``key``, re-laid out like ``value`` if the model changed the tensor's

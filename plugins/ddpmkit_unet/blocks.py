@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F  # noqa: N812 - the usual name
 from torch import nn
 
+from ddpmkit_unet.group_norm import GroupNorm
+
 M = TypeVar("M", bound=nn.Module)
 
 
@@ -69,11 +71,11 @@ class ResBlock(nn.Module):
     ) -> None:
         super().__init__()
         self.scale_shift = scale_shift
-        self.norm1 = nn.GroupNorm(groups, in_channels)
+        self.norm1 = GroupNorm(groups, in_channels)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
         emb_out = 2 * out_channels if scale_shift else out_channels
         self.emb_proj = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, emb_out))
-        self.norm2 = nn.GroupNorm(groups, out_channels)
+        self.norm2 = GroupNorm(groups, out_channels)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         self.skip: nn.Module = (
@@ -126,7 +128,7 @@ class SelfAttention2d(nn.Module):
         if channels % num_heads:
             raise ValueError(f"{channels} channels cannot be split into {num_heads} heads")
         self.num_heads = num_heads
-        self.norm = nn.GroupNorm(groups, channels)
+        self.norm = GroupNorm(groups, channels)
         self.qkv = nn.Linear(channels, 3 * channels)
         self.proj = zero_init(nn.Linear(channels, channels))
 
@@ -150,7 +152,7 @@ class CrossAttention2d(nn.Module):
         if channels % num_heads:
             raise ValueError(f"{channels} channels cannot be split into {num_heads} heads")
         self.num_heads = num_heads
-        self.norm = nn.GroupNorm(groups, channels)
+        self.norm = GroupNorm(groups, channels)
         self.q = nn.Linear(channels, channels)
         self.kv = nn.Linear(context_dim, 2 * channels)
         self.proj = zero_init(nn.Linear(channels, channels))

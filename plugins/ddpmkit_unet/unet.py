@@ -13,6 +13,7 @@ from torch.utils.checkpoint import checkpoint
 from ddpmkit import Conditioning, Denoiser, Params
 from ddpmkit_unet.blocks import AttentionBlock, Downsample, ResBlock, Upsample, zero_init
 from ddpmkit_unet.embeddings import TimeEmbedding
+from ddpmkit_unet.group_norm import GroupNorm
 
 PositiveInt = Annotated[int, Field(ge=1, le=64)]
 
@@ -176,7 +177,7 @@ class UNet(Denoiser):
             if level > 0:
                 self.upsample.append(Upsample(ch))
 
-        self.norm_out = nn.GroupNorm(p.groups, ch)
+        self.norm_out = GroupNorm(p.groups, ch)
         self.conv_out = zero_init(nn.Conv2d(ch, self._out_channels, 3, padding=1))
 
     @property

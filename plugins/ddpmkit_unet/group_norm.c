@@ -1,0 +1,189 @@
+/* Group normalization (Wu & He 2018, eq. 1-2) on channels-last float32 memory, CPU.
+
+   PyTorch's CPU kernels for a channels-last GroupNorm are two to three times slower than its
+   contiguous ones when a group holds few channels (the U-Net's common case); these take
+   about the time of the contiguous ones, reading memory in its own order: x is [N][L][C]
+   with L = H * W pixels, and group g holds channels g * Cg .. (g + 1) * Cg - 1. One sample
+   at a time, so a second pass reads what the first left in the cache.
+
+   Built at run time by ddpmkit_unet/group_norm.py (no PyTorch headers: plain pointers),
+   which falls back to PyTorch when no C compiler is found. Sums run in float over blocks of BLOCK
+   pixels and in double across blocks, over data shifted by a value of the sample (its first
+   pixel) or centred by the group mean, so large means do not cancel the variance away.
+   NaN propagates as in PyTorch (no fast-math). */
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* pixels per task: a sample's pixels are split into blocks of BLOCK, run in parallel */
+#define BLOCK 64
+
+static int64_t blocks(int64_t L) { return (L + BLOCK - 1) / BLOCK; }
+
+static int64_t block_end(int64_t b, int64_t L) { return (b + 1) * BLOCK < L ? (b + 1) * BLOCK : L; }
+
+/* Per-channel sums of one block of pixels of one sample: s1 = sum (x - k), s2 = sum (x - k)^2,
+   k the sample's first pixel (a shift that keeps the sums' magnitudes small); float within
+   the block (at most BLOCK terms), added in double by the caller. */
+static void shifted_sums(const float *x, int64_t L, int64_t C, int64_t b, float *s1, float *s2) {
+    memset(s1, 0, (size_t)C * sizeof(float));
+    memset(s2, 0, (size_t)C * sizeof(float));
+    for (int64_t l = b * BLOCK; l < block_end(b, L); ++l) {
+        const float *row = x + l * C;
+        for (int64_t c = 0; c < C; ++c) {
+            float v = row[c] - x[c];
+            s1[c] += v;
+            s2[c] += v * v;
+        }
+    }
+}
+
+/* Per (group): the mean and rstd of one sample x [L][C] from its blocks' shifted sums, and
+   each channel's scale a = gamma * rstd and offset o = beta - mean * a. */
+static void group_stats(const float *x, const float *part, const float *gamma,
+                        const float *beta, int64_t L, int64_t C, int64_t G, int64_t nb,
+                        double eps, float *mean, float *rstd, float *a, float *o) {
+    const int64_t Cg = C / G;
+    for (int64_t g = 0; g < G; ++g) {
+        double total = 0.0, m2 = 0.0, count = (double)(L * Cg);
+        for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) {
+            for (int64_t b = 0; b < nb; ++b) total += part[b * 2 * C + c];
+            total += (double)L * x[c];
+        }
+        double mu = total / count;
+        for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) {
+            /* sum over pixels of (x - mu)^2 = s2 + 2 (k - mu) s1 + L (k - mu)^2 */
+            double s1 = 0.0, s2 = 0.0, d = (double)x[c] - mu;
+            for (int64_t b = 0; b < nb; ++b) {
+                s1 += part[b * 2 * C + c];
+                s2 += part[b * 2 * C + C + c];
+            }
+            m2 += s2 + 2.0 * d * s1 + (double)L * d * d;
+        }
+        double var = m2 / count, r = 1.0 / sqrt((var > 0.0 ? var : 0.0) + eps);
+        mean[g] = (float)mu;
+        rstd[g] = (float)r;
+        for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) {
+            a[c] = (float)((double)gamma[c] * r);
+            o[c] = (float)((double)beta[c] - mu * (double)gamma[c] * r);
+        }
+    }
+}
+
+/* Forward: y = (x - mean) * rstd * gamma + beta, mean and rstd per (sample, group), written
+   [N][G] for the backward pass. Returns 0, or -1 when out of memory. */
+int gn_forward(const float *x, const float *gamma, const float *beta, float *y, float *mean,
+               float *rstd, int64_t N, int64_t L, int64_t C, int64_t G, double eps,
+               int threads) {
+    const int64_t nb = blocks(L);
+    float *part = malloc((size_t)(nb * 2 * C) * sizeof(float));
+    float *a = malloc((size_t)(2 * C) * sizeof(float)), *o = a + C;
+    if (!part || !a) {
+        free(part);
+        free(a);
+        return -1;
+    }
+    for (int64_t n = 0; n < N; ++n) {
+        const float *xn = x + n * L * C;
+        float *yn = y + n * L * C;
+        /* 1. shifted per-channel sums of every block */
+#pragma omp parallel for num_threads(threads) schedule(static)
+        for (int64_t b = 0; b < nb; ++b)
+            shifted_sums(xn, L, C, b, part + b * 2 * C, part + b * 2 * C + C);
+        /* 2. the groups' mean and rstd; the channels' scale and offset */
+        group_stats(xn, part, gamma, beta, L, C, G, nb, eps, mean + n * G, rstd + n * G, a, o);
+        /* 3. y = x * a + o */
+#pragma omp parallel for num_threads(threads) schedule(static)
+        for (int64_t b = 0; b < nb; ++b) {
+            for (int64_t l = b * BLOCK; l < block_end(b, L); ++l) {
+                const float *xrow = xn + l * C;
+                float *out = yn + l * C;
+                for (int64_t c = 0; c < C; ++c) out[c] = xrow[c] * a[c] + o[c];
+            }
+        }
+    }
+    free(part);
+    free(a);
+    return 0;
+}
+
+/* Backward of the forward above, given dL/dy: with m = L * Cg, dbeta = sum dy,
+   dgamma = sum dy * (x - mean) * rstd (over samples and pixels), and per (sample, group)
+   dx = gamma * rstd * dy - rstd^3 / m * (x - mean) * sum(gamma dy (x - mean))
+   - rstd / m * sum(gamma dy). Returns 0, or -1 when out of memory. */
+int gn_backward(const float *dy, const float *x, const float *mean, const float *rstd,
+                const float *gamma, float *dx, float *dgamma, float *dbeta, int64_t N,
+                int64_t L, int64_t C, int64_t G, int threads) {
+    const int64_t Cg = C / G, nb = blocks(L);
+    float *part = malloc((size_t)(nb * 2 * C) * sizeof(float));
+    double *dsum = calloc((size_t)(2 * C), sizeof(double));
+    /* per channel of the sample: its group's mean; dx = dy * a + x * q + p */
+    float *coef = malloc((size_t)(4 * C) * sizeof(float));
+    if (!part || !dsum || !coef) {
+        free(part);
+        free(dsum);
+        free(coef);
+        return -1;
+    }
+    float *mc = coef, *a = coef + C, *q = coef + 2 * C, *p = coef + 3 * C;
+    for (int64_t n = 0; n < N; ++n) {
+        const float *xn = x + n * L * C, *dyn = dy + n * L * C, *mn = mean + n * G;
+        const float *rn = rstd + n * G;
+        for (int64_t c = 0; c < C; ++c) {
+            mc[c] = mn[c / Cg];
+            a[c] = gamma[c] * rn[c / Cg];
+        }
+        /* 1. per block and channel: sum dy (x - mean) and sum dy (float in a block) */
+#pragma omp parallel for num_threads(threads) schedule(static)
+        for (int64_t b = 0; b < nb; ++b) {
+            float *sd = part + b * 2 * C, *s = sd + C;
+            memset(sd, 0, (size_t)(2 * C) * sizeof(float));
+            for (int64_t l = b * BLOCK; l < block_end(b, L); ++l) {
+                const float *xrow = xn + l * C, *drow = dyn + l * C;
+                for (int64_t c = 0; c < C; ++c) {
+                    sd[c] += drow[c] * (xrow[c] - mc[c]);
+                    s[c] += drow[c];
+                }
+            }
+        }
+        /* 2. per group: the parameter gradients' terms, and dx's q and p */
+        for (int64_t g = 0; g < G; ++g) {
+            double r = rn[g], gsd = 0.0, gs = 0.0;
+            for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) {
+                double sd = 0.0, s = 0.0;
+                for (int64_t b = 0; b < nb; ++b) {
+                    sd += part[b * 2 * C + c];
+                    s += part[b * 2 * C + C + c];
+                }
+                dsum[c] += sd * r;
+                dsum[C + c] += s;
+                gsd += gamma[c] * sd;
+                gs += gamma[c] * s;
+            }
+            double m = (double)(L * Cg), qg = -gsd * r * r * r / m, pg = -qg * mn[g] - gs * r / m;
+            for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) {
+                q[c] = (float)qg;
+                p[c] = (float)pg;
+            }
+        }
+        /* 3. dx = dy * a + x * q + p, reading what step 1 left in the cache */
+#pragma omp parallel for num_threads(threads) schedule(static)
+        for (int64_t b = 0; b < nb; ++b) {
+            for (int64_t l = b * BLOCK; l < block_end(b, L); ++l) {
+                const float *xrow = xn + l * C, *drow = dyn + l * C;
+                float *out = dx + n * L * C + l * C;
+                for (int64_t c = 0; c < C; ++c) out[c] = drow[c] * a[c] + xrow[c] * q[c] + p[c];
+            }
+        }
+    }
+    for (int64_t c = 0; c < C; ++c) {
+        dgamma[c] = (float)dsum[c];
+        dbeta[c] = (float)dsum[C + c];
+    }
+    free(part);
+    free(dsum);
+    free(coef);
+    return 0;
+}

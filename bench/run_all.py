@@ -1,10 +1,11 @@
 """Run the CPU speed benchmarks and write their tables into docs/benchmarks.md.
 
 ``python bench/run_all.py [--quick] [--no-write]``: sampling loops, the U-Net against
-diffusers, trainer overhead and the demo run (which trains the full demo once, about three
-minutes on 2 cores; ``--quick`` shortens everything). The tables replace the text between the
-``speed-results`` markers of docs/benchmarks.md, each with its machine and date. The GPU
-benchmark is separate: ``bench/gpu.sh`` on a machine with a GPU.
+diffusers, its GroupNorm kernels against PyTorch's, trainer overhead and the demo run (which
+trains the full demo once, about three minutes on 2 cores; ``--quick`` shortens everything).
+The tables replace the text between the ``speed-results`` markers of docs/benchmarks.md, each
+with its machine and date. The GPU benchmark is separate: ``bench/gpu.sh`` on a machine with
+a GPU.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import speed_demo  # noqa: E402
+import speed_group_norm  # noqa: E402
 import speed_sampling  # noqa: E402
 import speed_trainer  # noqa: E402
 import speed_unet  # noqa: E402
@@ -34,7 +36,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     sections = []
-    for module in (speed_sampling, speed_unet, speed_trainer, speed_demo):
+    for module in (speed_sampling, speed_unet, speed_group_norm, speed_trainer, speed_demo):
         start = time.perf_counter()
         text = module.run(args.quick)
         print(text, flush=True)

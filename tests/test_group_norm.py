@@ -105,6 +105,25 @@ def test_bit_identical_for_any_thread_count() -> None:
 
 
 @needs_kernels
+def test_second_derivatives_are_pytorch_s() -> None:
+    # an R1-style penalty: the gradient's norm, differentiated again (create_graph=True)
+    def penalty(norm: object) -> tuple[torch.Tensor, ...]:
+        x = channels_last(2, 64, 32, 32).requires_grad_()
+        w = torch.linspace(0.5, 1.5, 64).requires_grad_()
+        b = torch.linspace(-1, 1, 64).requires_grad_()
+        y = norm(x, 32, w, b)  # type: ignore[operator]
+        assert ("GroupNormChannelsLast" in type(y.grad_fn).__name__) == (norm is group_norm)
+        (gx,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)
+        gx.square().sum().backward()
+        assert x.grad is not None and w.grad is not None and b.grad is not None
+        return gx.detach(), x.grad, w.grad, b.grad
+
+    # the kernels' forward, then PyTorch's ops for both derivatives: float32 rounding apart
+    for ours, theirs in zip(penalty(group_norm), penalty(F.group_norm), strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+
+
+@needs_kernels
 def test_nan_spreads_over_its_group_only_as_in_pytorch() -> None:
     x = channels_last(2, 64, 16, 16)
     x[1, 5, 3, 4] = float("nan")

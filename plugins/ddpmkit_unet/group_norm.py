@@ -27,7 +27,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F  # noqa: N812 - the usual name
 from torch import nn
-from torch.autograd.function import FunctionCtx, once_differentiable
+from torch.autograd.function import FunctionCtx
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +181,9 @@ def _forward(
 
 
 class _GroupNormChannelsLast(torch.autograd.Function):
-    """Autograd for the compiled kernels: saves ``x`` and the per-group statistics."""
+    """Autograd for the compiled kernels: saves ``x`` and the per-group statistics. A backward
+    pass that must itself be differentiable (``create_graph=True``: gradient penalties,
+    second derivatives) recomputes the forward with PyTorch's ops and differentiates that."""
 
     @staticmethod
     def forward(
@@ -193,16 +195,19 @@ class _GroupNormChannelsLast(torch.autograd.Function):
         eps: float,
     ) -> torch.Tensor:
         y, mean, rstd = _forward(x, weight, bias, groups, eps)
-        ctx.save_for_backward(x, weight, mean, rstd)
-        ctx.groups = groups  # type: ignore[attr-defined]
+        ctx.save_for_backward(x, weight, bias, mean, rstd)
+        ctx.groups, ctx.eps = groups, eps  # type: ignore[attr-defined]
         return y
 
     @staticmethod
-    @once_differentiable
     def backward(ctx: Any, dy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, weight, bias, mean, rstd = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            needed = tuple(ctx.needs_input_grad[:3])
+            grads = _differentiable_backward((x, weight, bias), needed, dy, ctx.groups, ctx.eps)
+            return (*grads, None, None)
         lib = library()
         assert lib is not None
-        x, weight, mean, rstd = ctx.saved_tensors
         dy = dy.contiguous(memory_format=torch.channels_last)
         n, c, h, w = x.shape
         dx = torch.empty_like(x, memory_format=torch.channels_last)
@@ -215,6 +220,21 @@ class _GroupNormChannelsLast(torch.autograd.Function):
         )  # fmt: skip
         _check(status, "backward")
         return dx, dweight, dbias, None, None
+
+
+def _differentiable_backward(
+    inputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    needed: tuple[bool, ...],
+    dy: torch.Tensor,
+    groups: int,
+    eps: float,
+) -> list[torch.Tensor | None]:
+    """The gradients of GroupNorm at ``inputs = (x, weight, bias)`` along ``dy`` that are
+    ``needed``, as a graph of PyTorch's ops (differentiable again)."""
+    y = F.group_norm(inputs[0], groups, inputs[1], inputs[2], eps)
+    wanted = [t for t, need in zip(inputs, needed, strict=True) if need]
+    grads = iter(torch.autograd.grad(y, wanted, dy, create_graph=True))
+    return [next(grads) if need else None for need in needed]
 
 
 def group_norm(

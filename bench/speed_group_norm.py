@@ -1,10 +1,11 @@
 """The U-Net's compiled channels-last GroupNorm against PyTorch's, CPU fp32, one thread.
 
-Forward + backward of GroupNorm (32 groups) at the shapes of the matched U-Net of
-``speed_unet.py`` (batch 8): ddpmkit's kernels on channels-last memory, PyTorch's on the same
-memory, and PyTorch's on contiguous memory (what an NCHW network such as UNet2DModel gets).
-Then the whole matched U-Net's training step with the kernels against the same network with
-PyTorch's GroupNorm. Interleaved repetitions; medians and paired ratios.
+Forward + backward of GroupNorm (32 groups), alone and followed by SiLU, at the shapes of the
+matched U-Net of ``speed_unet.py`` (batch 8): ddpmkit's kernels on channels-last memory,
+PyTorch's on the same memory, and PyTorch's on contiguous memory (what an NCHW network such as
+UNet2DModel gets). Then the whole matched U-Net's training step and inference with the kernels
+against the same network with PyTorch's GroupNorm and SiLU. Interleaved repetitions; medians
+and paired ratios.
 
 ``python bench/speed_group_norm.py [--quick]``.
 """
@@ -30,8 +31,27 @@ from ddpmkit_unet.group_norm import GroupNorm, group_norm, library
 SHAPES = ((8, 64, 32, 32), (8, 128, 32, 32), (8, 192, 32, 32), (8, 128, 16, 16), (8, 256, 16, 16))
 
 
+class PyTorchGroupNorm(GroupNorm):
+    """The U-Net's GroupNorm computed by PyTorch's ops alone (same parameters)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+
+    def forward_silu(self, x: torch.Tensor) -> torch.Tensor:
+        return F.silu(self(x), inplace=not torch.is_grad_enabled())
+
+
+def _pytorch(x: torch.Tensor, g: int, w: torch.Tensor, b: torch.Tensor, silu: bool) -> torch.Tensor:
+    y = F.group_norm(x, g, w, b)
+    return F.silu(y) if silu else y
+
+
+def _ours(x: torch.Tensor, g: int, w: torch.Tensor, b: torch.Tensor, silu: bool) -> torch.Tensor:
+    return group_norm(x, g, w, b, silu=silu)
+
+
 def _norm_step(
-    norm: Callable[..., torch.Tensor], x: torch.Tensor, dy: torch.Tensor
+    norm: Callable[..., torch.Tensor], x: torch.Tensor, dy: torch.Tensor, silu: bool
 ) -> Callable[[], None]:
     """Forward and backward of ``norm`` at ``x`` with upstream gradient ``dy``."""
     xg = x.clone().requires_grad_()
@@ -40,20 +60,25 @@ def _norm_step(
 
     def run() -> None:
         xg.grad = w.grad = b.grad = None
-        norm(xg, 32, w, b).backward(dy)
+        norm(xg, 32, w, b, silu).backward(dy)
 
     return run
 
 
-def _unet_step(net: nn.Module) -> Callable[[], None]:
+def _unet_calls(net: nn.Module) -> tuple[Callable[[], None], Callable[[], None]]:
+    """A training step and an inference call of ``net`` at batch 8."""
     x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     t = torch.randint(0, 1000, (8,), generator=torch.Generator().manual_seed(1))
 
-    def run() -> None:
+    def step() -> None:
         net.zero_grad(set_to_none=True)
         net(x, t).square().mean().backward()
 
-    return run
+    def infer() -> None:
+        with torch.inference_mode():
+            net(x, t)
+
+    return step, infer
 
 
 def run(quick: bool = False) -> str:
@@ -69,50 +94,58 @@ def run(quick: bool = False) -> str:
         "",
         f"Machine: {machine()}.",
         "",
-        f"GroupNorm with 32 groups, forward + backward, fp32, 1 thread; CPU time of {repeats} "
-        "interleaved repetitions: medians, and the ratios' medians and interquartile ranges "
-        "over the pairs.",
+        f"GroupNorm with 32 groups, alone and followed by SiLU, forward + backward, fp32, 1 "
+        f"thread; CPU time of {repeats} interleaved repetitions: medians, and the ratios' "
+        "medians and interquartile ranges over the pairs.",
         "",
-        "| shape | ddpmkit, channels-last | PyTorch, channels-last | PyTorch, contiguous "
+        "| shape | op | ddpmkit, channels-last | PyTorch, channels-last | PyTorch, contiguous "
         "| ddpmkit / PyTorch channels-last | ddpmkit / PyTorch contiguous |",
-        "|---|---:|---:|---:|---:|---:|",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     for shape in SHAPES:
         gen = torch.Generator().manual_seed(0)
         x = torch.randn(shape, generator=gen)
         dy = torch.randn(shape, generator=gen)
         xl, dyl = x.contiguous(memory_format=cl), dy.contiguous(memory_format=cl)
-        times = interleaved_samples(
-            {
-                "ours": _norm_step(group_norm, xl, dyl),
-                "cl": _norm_step(F.group_norm, xl, dyl),
-                "contiguous": _norm_step(F.group_norm, x, dy),
-            },
-            repeats,
-        )
-        ms = {k: f"{median(v) * 1e3:.2f} ms" for k, v in times.items()}
-        lines.append(
-            f"| {'x'.join(map(str, shape))} | {ms['ours']} | {ms['cl']} | {ms['contiguous']} | "
-            f"{paired_ratio(times['ours'], times['cl'])} | "
-            f"{paired_ratio(times['ours'], times['contiguous'])} |"
-        )
+        for silu in (False, True):
+            times = interleaved_samples(
+                {
+                    "ours": _norm_step(_ours, xl, dyl, silu),
+                    "cl": _norm_step(_pytorch, xl, dyl, silu),
+                    "contiguous": _norm_step(_pytorch, x, dy, silu),
+                },
+                repeats,
+            )
+            ms = {k: f"{median(v) * 1e3:.2f} ms" for k, v in times.items()}
+            lines.append(
+                f"| {'x'.join(map(str, shape))} | {'GroupNorm + SiLU' if silu else 'GroupNorm'} "
+                f"| {ms['ours']} | {ms['cl']} | {ms['contiguous']} | "
+                f"{paired_ratio(times['ours'], times['cl'])} | "
+                f"{paired_ratio(times['ours'], times['contiguous'])} |"
+            )
     torch.manual_seed(0)
     ours = ddpmkit_unet()
     theirs = ddpmkit_unet()
     theirs.load_state_dict(ours.state_dict())
     for module in theirs.modules():
         if isinstance(module, GroupNorm):
-            module.__class__ = nn.GroupNorm  # PyTorch's forward, the same parameters
+            module.__class__ = PyTorchGroupNorm
     unet_repeats = 3 if quick else 15
+    (step_ours, infer_ours), (step_theirs, infer_theirs) = _unet_calls(ours), _unet_calls(theirs)
     times = interleaved_samples(
-        {"ours": _unet_step(ours), "pytorch": _unet_step(theirs)}, unet_repeats
+        {"ours": step_ours, "pytorch": step_theirs, "ours inf": infer_ours, "pt inf": infer_theirs},
+        unet_repeats,
     )
     lines += [
         "",
-        f"The matched U-Net of the table above, training step at batch 8 ({unet_repeats} "
-        f"interleaved pairs): {median(times['ours']) * 1e3:.0f} ms with the kernels, "
-        f"{median(times['pytorch']) * 1e3:.0f} ms with PyTorch's GroupNorm, a ratio of "
-        f"{paired_ratio(times['ours'], times['pytorch'])}.",
+        f"The matched U-Net of `speed_unet.py` at batch 8 ({unet_repeats} interleaved pairs), "
+        f"with the kernels against PyTorch's GroupNorm and SiLU: training step "
+        f"{median(times['ours']) * 1e3:.0f} ms against "
+        f"{median(times['pytorch']) * 1e3:.0f} ms, a ratio of "
+        f"{paired_ratio(times['ours'], times['pytorch'])}; inference "
+        f"{median(times['ours inf']) * 1e3:.0f} ms against "
+        f"{median(times['pt inf']) * 1e3:.0f} ms, "
+        f"{paired_ratio(times['ours inf'], times['pt inf'])}.",
         "",
     ]
     return "\n".join(lines)

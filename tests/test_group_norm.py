@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812 - the usual name
-from torch import nn
 
 import ddpmkit_unet.group_norm as gn
 from ddpmkit_unet import UNet
@@ -26,11 +25,18 @@ def channels_last(*shape: int, seed: int = 0, mean: float = 0.0) -> torch.Tensor
 
 
 def reference(
-    x: torch.Tensor, groups: int, w: torch.Tensor, b: torch.Tensor, dy: torch.Tensor
+    x: torch.Tensor,
+    groups: int,
+    w: torch.Tensor,
+    b: torch.Tensor,
+    dy: torch.Tensor,
+    silu: bool = False,
 ) -> tuple[torch.Tensor, ...]:
-    """``(y, dx, dw, db)`` of PyTorch's GroupNorm in float64: the exact answer to compare with."""
+    """``(y, dx, dw, db)`` of PyTorch's GroupNorm (then SiLU) in float64: the exact answer."""
     x64, w64, b64 = (t.detach().double().requires_grad_() for t in (x, w, b))
     y = F.group_norm(x64, groups, w64, b64)
+    if silu:
+        y = F.silu(y)
     y.backward(dy.double())
     assert x64.grad is not None and w64.grad is not None and b64.grad is not None
     return y.detach(), x64.grad, w64.grad, b64.grad
@@ -41,6 +47,7 @@ def relative_error(a: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 @needs_kernels
+@pytest.mark.parametrize("silu", [False, True])
 @pytest.mark.parametrize(
     ("shape", "groups"),
     [
@@ -50,24 +57,40 @@ def relative_error(a: torch.Tensor, ref: torch.Tensor) -> float:
         ((3, 24, 33, 30), 1),  # one group (layer norm over C, H, W)
     ],
 )
-def test_kernels_match_float64(shape: tuple[int, int, int, int], groups: int) -> None:
+def test_kernels_match_float64(shape: tuple[int, int, int, int], groups: int, silu: bool) -> None:
     x = channels_last(*shape, mean=3.0)
     dy = channels_last(*shape, seed=1)
     gen = torch.Generator().manual_seed(2)
     w = torch.randn(shape[1], generator=gen).requires_grad_()
     b = torch.randn(shape[1], generator=gen).requires_grad_()
     xg = x.clone().requires_grad_()
-    y = group_norm(xg, groups, w, b)
+    y = group_norm(xg, groups, w, b, silu=silu)
     y.backward(dy)
     assert y.grad_fn is not None and "GroupNormChannelsLast" in type(y.grad_fn).__name__
     assert y.is_contiguous(memory_format=CL) and xg.grad is not None
     assert xg.grad.is_contiguous(memory_format=CL)
     # float32 against float64: PyTorch's own float32 kernels are 1e-6 - 1e-5 off (sums of up
-    # to ~5e4 terms); the kernels sum in float within 64 pixels and in double beyond
-    exact_answers = reference(x, groups, w, b, dy)
+    # to ~5e4 terms); the kernels sum in float within 64 pixels and in double beyond, and
+    # their exponential is good to a few float32 ulps
+    exact_answers = reference(x, groups, w, b, dy, silu)
     for ours, exact in zip((y, xg.grad, w.grad, b.grad), exact_answers, strict=True):
         assert ours is not None
         assert relative_error(ours, exact) < 2e-6
+
+
+@needs_kernels
+def test_silu_at_extreme_inputs() -> None:
+    # u = beta exactly (x = 0, so mean 0 and u = 0 * scale + beta), from -100 to 100 and a
+    # NaN: the exponential's clamping and the NaN's path through it
+    x = torch.zeros(1, 256, 16, 16).contiguous(memory_format=CL)
+    w = torch.ones(256)
+    b = torch.linspace(-100, 100, 256)
+    b[7] = float("nan")
+    ours = group_norm(x, 256, w, b, silu=True)[0, :, 0, 0]
+    exact = F.silu(b.double())
+    assert ours[7].isnan() and not ours[torch.arange(256) != 7].isnan().any()
+    keep = torch.arange(256) != 7
+    torch.testing.assert_close(ours[keep].double(), exact[keep], rtol=1e-6, atol=1e-30)
 
 
 @needs_kernels
@@ -94,7 +117,7 @@ def test_bit_identical_for_any_thread_count() -> None:
         for n in (1, 2, 3):
             torch.set_num_threads(n)
             xg, wg, bg = (t.clone().requires_grad_() for t in (x, w, b))
-            y = group_norm(xg, 16, wg, bg)
+            y = group_norm(xg, 16, wg, bg, silu=True)
             y.backward(dy)
             runs.append((y, xg.grad, wg.grad, bg.grad))
     finally:
@@ -104,14 +127,32 @@ def test_bit_identical_for_any_thread_count() -> None:
             assert a is not None and ref is not None and torch.equal(a, ref)
 
 
+class PyTorchGroupNorm(GroupNorm):
+    """The same module computed by PyTorch's ops alone."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+
+    def forward_silu(self, x: torch.Tensor) -> torch.Tensor:
+        return F.silu(self(x))
+
+
+def pytorch_group_norm_silu(
+    x: torch.Tensor, groups: int, w: torch.Tensor, b: torch.Tensor, silu: bool = False
+) -> torch.Tensor:
+    y = F.group_norm(x, groups, w, b)
+    return F.silu(y) if silu else y
+
+
 @needs_kernels
-def test_second_derivatives_are_pytorch_s() -> None:
+@pytest.mark.parametrize("silu", [False, True])
+def test_second_derivatives_are_pytorch_s(silu: bool) -> None:
     # an R1-style penalty: the gradient's norm, differentiated again (create_graph=True)
     def penalty(norm: object) -> tuple[torch.Tensor, ...]:
         x = channels_last(2, 64, 32, 32).requires_grad_()
         w = torch.linspace(0.5, 1.5, 64).requires_grad_()
         b = torch.linspace(-1, 1, 64).requires_grad_()
-        y = norm(x, 32, w, b)  # type: ignore[operator]
+        y = norm(x, 32, w, b, silu=silu)  # type: ignore[operator]
         assert ("GroupNormChannelsLast" in type(y.grad_fn).__name__) == (norm is group_norm)
         (gx,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)
         gx.square().sum().backward()
@@ -119,7 +160,7 @@ def test_second_derivatives_are_pytorch_s() -> None:
         return gx.detach(), x.grad, w.grad, b.grad
 
     # the kernels' forward, then PyTorch's ops for both derivatives: float32 rounding apart
-    for ours, theirs in zip(penalty(group_norm), penalty(F.group_norm), strict=True):
+    for ours, theirs in zip(penalty(group_norm), penalty(pytorch_group_norm_silu), strict=True):
         torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
 
 
@@ -177,7 +218,7 @@ def test_the_unet_gives_pytorch_s_result_and_state_dict(monkeypatch: pytest.Monk
     theirs = UNet(params)
     for module in theirs.modules():
         if isinstance(module, GroupNorm):
-            module.__class__ = nn.GroupNorm  # PyTorch's forward, the same parameters
+            module.__class__ = PyTorchGroupNorm
     theirs.load_state_dict(ours.state_dict())
     x = torch.randn(4, 3, 32, 32)
     t = torch.tensor([1, 10, 100, 500])

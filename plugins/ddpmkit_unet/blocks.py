@@ -84,17 +84,17 @@ class ResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         """``x`` ``(B, C_in, H, W)``, ``emb`` ``(B, D)`` -> ``(B, C_out, H, W)``."""
-        # without autograd the activations may overwrite the fresh tensors they read; with it,
-        # the additions may (a convolution's backward does not read its output)
-        inplace = not torch.is_grad_enabled()
-        h = self.conv1(F.silu(self.norm1(x), inplace=inplace))
+        # GroupNorm and SiLU in one pass where the compiled kernels apply; without autograd
+        # the SiLU may overwrite the fresh tensor it reads; with it, the additions may (a
+        # convolution's backward does not read its output)
+        h = self.conv1(self.norm1.forward_silu(x))
         e = self.emb_proj(emb)[:, :, None, None]
         if self.scale_shift:
             scale, shift = e.chunk(2, dim=1)
-            h = self.norm2(h) * (1 + scale) + shift
+            h = F.silu(self.norm2(h) * (1 + scale) + shift, inplace=not torch.is_grad_enabled())
         else:
-            h = self.norm2(add_into(h, e))
-        h = self.conv2(self.dropout(F.silu(h, inplace=inplace)))
+            h = self.norm2.forward_silu(add_into(h, e))
+        h = self.conv2(self.dropout(h))
         return add_into(h, self.skip(x))
 
 

@@ -1,10 +1,12 @@
-/* Group normalization (Wu & He 2018, eq. 1-2) on channels-last float32 memory, CPU.
+/* Group normalization (Wu & He 2018, eq. 1-2), optionally followed by SiLU (Elfwing et al.
+   2018, x * sigmoid(x)), on channels-last float32 memory, CPU.
 
    PyTorch's CPU kernels for a channels-last GroupNorm are two to three times slower than its
    contiguous ones when a group holds few channels (the U-Net's common case); these take
    about the time of the contiguous ones, reading memory in its own order: x is [N][L][C]
    with L = H * W pixels, and group g holds channels g * Cg .. (g + 1) * Cg - 1. One sample
-   at a time, so a second pass reads what the first left in the cache.
+   at a time, so a second pass reads what the first left in the cache. With SiLU fused, the
+   normalized tensor is neither written nor read back: the backward pass recomputes it.
 
    Built at run time by ddpmkit_unet/group_norm.py (no PyTorch headers: plain pointers),
    which falls back to PyTorch when no C compiler is found. Sums run in float over blocks of BLOCK
@@ -23,6 +25,30 @@
 static int64_t blocks(int64_t L) { return (L + BLOCK - 1) / BLOCK; }
 
 static int64_t block_end(int64_t b, int64_t L) { return (b + 1) * BLOCK < L ? (b + 1) * BLOCK : L; }
+
+/* exp(x) in float, written so the compiler vectorizes it: x = n ln 2 + r, |r| <= ln 2 / 2,
+   e^r by Cephes' expf polynomial, 2^n built in the exponent bits. NaN stays NaN. */
+static inline float vexp(float x) {
+    x = x < -87.3f ? -87.3f : (x > 88.3f ? 88.3f : x);
+    /* n = x / ln 2 rounded to the nearest integer, by adding and removing 1.5 * 2^23 */
+    float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+    float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    union {
+        int32_t i;
+        float f;
+    } scale = {.i = ((int32_t)n + 127) << 23};
+    return p * scale.f;
+}
+
+/* the logistic sigmoid 1 / (1 + e^-u) */
+static inline float sigmoid(float u) { return 1.0f / (1.0f + vexp(-u)); }
 
 /* Per-channel sums of one block of pixels of one sample: s1 = sum (x - k), s2 = sum (x - k)^2,
    k the sample's first pixel (a shift that keeps the sums' magnitudes small); float within
@@ -72,10 +98,11 @@ static void group_stats(const float *x, const float *part, const float *gamma,
     }
 }
 
-/* Forward: y = (x - mean) * rstd * gamma + beta, mean and rstd per (sample, group), written
-   [N][G] for the backward pass. Returns 0, or -1 when out of memory. */
+/* Forward: u = (x - mean) * rstd * gamma + beta, mean and rstd per (sample, group), written
+   [N][G] for the backward pass; y = u, or y = u * sigmoid(u) when silu is set. Returns 0, or
+   -1 when out of memory. */
 int gn_forward(const float *x, const float *gamma, const float *beta, float *y, float *mean,
-               float *rstd, int64_t N, int64_t L, int64_t C, int64_t G, double eps,
+               float *rstd, int64_t N, int64_t L, int64_t C, int64_t G, double eps, int silu,
                int threads) {
     const int64_t nb = blocks(L);
     float *part = malloc((size_t)(nb * 2 * C) * sizeof(float));
@@ -94,13 +121,20 @@ int gn_forward(const float *x, const float *gamma, const float *beta, float *y, 
             shifted_sums(xn, L, C, b, part + b * 2 * C, part + b * 2 * C + C);
         /* 2. the groups' mean and rstd; the channels' scale and offset */
         group_stats(xn, part, gamma, beta, L, C, G, nb, eps, mean + n * G, rstd + n * G, a, o);
-        /* 3. y = x * a + o */
+        /* 3. y = u = x * a + o, or u * sigmoid(u) */
 #pragma omp parallel for num_threads(threads) schedule(static)
         for (int64_t b = 0; b < nb; ++b) {
             for (int64_t l = b * BLOCK; l < block_end(b, L); ++l) {
                 const float *xrow = xn + l * C;
                 float *out = yn + l * C;
-                for (int64_t c = 0; c < C; ++c) out[c] = xrow[c] * a[c] + o[c];
+                if (silu) {
+                    for (int64_t c = 0; c < C; ++c) {
+                        float u = xrow[c] * a[c] + o[c];
+                        out[c] = u * sigmoid(u);
+                    }
+                } else {
+                    for (int64_t c = 0; c < C; ++c) out[c] = xrow[c] * a[c] + o[c];
+                }
             }
         }
     }
@@ -109,42 +143,55 @@ int gn_forward(const float *x, const float *gamma, const float *beta, float *y, 
     return 0;
 }
 
-/* Backward of the forward above, given dL/dy: with m = L * Cg, dbeta = sum dy,
-   dgamma = sum dy * (x - mean) * rstd (over samples and pixels), and per (sample, group)
-   dx = gamma * rstd * dy - rstd^3 / m * (x - mean) * sum(gamma dy (x - mean))
-   - rstd / m * sum(gamma dy). Returns 0, or -1 when out of memory. */
+/* Backward of the forward above, given dL/dy, so dL/du = dy without SiLU and
+   dy * s (1 + u (1 - s)), s = sigmoid(u), with it (u recomputed from x). With m = L * Cg,
+   dbeta = sum du, dgamma = sum du * (x - mean) * rstd (over samples and pixels), and per
+   (sample, group) dx = gamma * rstd * du - rstd^3 / m * (x - mean) * sum(gamma du (x - mean))
+   - rstd / m * sum(gamma du). Returns 0, or -1 when out of memory. */
 int gn_backward(const float *dy, const float *x, const float *mean, const float *rstd,
-                const float *gamma, float *dx, float *dgamma, float *dbeta, int64_t N,
-                int64_t L, int64_t C, int64_t G, int threads) {
+                const float *gamma, const float *beta, float *dx, float *dgamma, float *dbeta,
+                int64_t N, int64_t L, int64_t C, int64_t G, int silu, int threads) {
     const int64_t Cg = C / G, nb = blocks(L);
     float *part = malloc((size_t)(nb * 2 * C) * sizeof(float));
     double *dsum = calloc((size_t)(2 * C), sizeof(double));
-    /* per channel of the sample: its group's mean; dx = dy * a + x * q + p */
-    float *coef = malloc((size_t)(4 * C) * sizeof(float));
-    if (!part || !dsum || !coef) {
+    /* per channel of the sample: its group's mean; u = x * a + o; dx = du * a + x * q + p */
+    float *coef = malloc((size_t)(5 * C) * sizeof(float));
+    /* with SiLU, one sample's dL/du, written by step 1 and read (from the cache) by step 3 */
+    float *du = silu ? malloc((size_t)(L * C) * sizeof(float)) : NULL;
+    if (!part || !dsum || !coef || (silu && !du)) {
         free(part);
         free(dsum);
         free(coef);
+        free(du);
         return -1;
     }
-    float *mc = coef, *a = coef + C, *q = coef + 2 * C, *p = coef + 3 * C;
+    float *mc = coef, *a = coef + C, *o = coef + 2 * C, *q = coef + 3 * C, *p = coef + 4 * C;
     for (int64_t n = 0; n < N; ++n) {
         const float *xn = x + n * L * C, *dyn = dy + n * L * C, *mn = mean + n * G;
-        const float *rn = rstd + n * G;
+        const float *rn = rstd + n * G, *dun = silu ? du : dyn;
         for (int64_t c = 0; c < C; ++c) {
             mc[c] = mn[c / Cg];
             a[c] = gamma[c] * rn[c / Cg];
+            o[c] = beta[c] - mc[c] * a[c];
         }
-        /* 1. per block and channel: sum dy (x - mean) and sum dy (float in a block) */
+        /* 1. per block and channel: sum du (x - mean) and sum du (float in a block) */
 #pragma omp parallel for num_threads(threads) schedule(static)
         for (int64_t b = 0; b < nb; ++b) {
             float *sd = part + b * 2 * C, *s = sd + C;
             memset(sd, 0, (size_t)(2 * C) * sizeof(float));
             for (int64_t l = b * BLOCK; l < block_end(b, L); ++l) {
-                const float *xrow = xn + l * C, *drow = dyn + l * C;
+                const float *xrow = xn + l * C, *urow = dun + l * C;
+                if (silu) {
+                    const float *drow = dyn + l * C;
+                    float *out = du + l * C;
+                    for (int64_t c = 0; c < C; ++c) {
+                        float u = xrow[c] * a[c] + o[c], sg = sigmoid(u);
+                        out[c] = drow[c] * sg * (1.0f + u * (1.0f - sg));
+                    }
+                }
                 for (int64_t c = 0; c < C; ++c) {
-                    sd[c] += drow[c] * (xrow[c] - mc[c]);
-                    s[c] += drow[c];
+                    sd[c] += urow[c] * (xrow[c] - mc[c]);
+                    s[c] += urow[c];
                 }
             }
         }
@@ -168,13 +215,13 @@ int gn_backward(const float *dy, const float *x, const float *mean, const float 
                 p[c] = (float)pg;
             }
         }
-        /* 3. dx = dy * a + x * q + p, reading what step 1 left in the cache */
+        /* 3. dx = du * a + x * q + p, reading what step 1 left in the cache */
 #pragma omp parallel for num_threads(threads) schedule(static)
         for (int64_t b = 0; b < nb; ++b) {
             for (int64_t l = b * BLOCK; l < block_end(b, L); ++l) {
-                const float *xrow = xn + l * C, *drow = dyn + l * C;
+                const float *xrow = xn + l * C, *urow = dun + l * C;
                 float *out = dx + n * L * C + l * C;
-                for (int64_t c = 0; c < C; ++c) out[c] = drow[c] * a[c] + xrow[c] * q[c] + p[c];
+                for (int64_t c = 0; c < C; ++c) out[c] = urow[c] * a[c] + xrow[c] * q[c] + p[c];
             }
         }
     }
@@ -185,5 +232,6 @@ int gn_backward(const float *dy, const float *x, const float *mean, const float 
     free(part);
     free(dsum);
     free(coef);
+    free(du);
     return 0;
 }

@@ -1,13 +1,16 @@
-"""GroupNorm (Wu & He 2018) with a fast CPU path for channels-last float32 activations.
+"""GroupNorm (Wu & He 2018), alone or followed by SiLU, with a fast CPU path for channels-last
+float32 activations.
 
 On the CPU the U-Net keeps its activations channels-last, the convolutions' fast layout, and
 there PyTorch's GroupNorm is two to three times slower than on contiguous memory when a group
 holds few channels. ``group_norm.c`` normalizes channels-last memory in about the time of
-PyTorch's contiguous kernels. It is compiled with the machine's C compiler on first use and
-cached in ``DDPMKIT_CACHE_DIR`` (default ``$XDG_CACHE_HOME/ddpmkit``, ``~/.cache/ddpmkit``).
-Without a compiler, or with ``DDPMKIT_NATIVE_KERNELS=0``, every call is PyTorch's own; so is
-every call the kernels do not cover (GPUs, other dtypes and layouts, autocast,
-``torch.compile``, ``torch.func`` transforms, small tensors).
+PyTorch's contiguous kernels, and applies the SiLU that follows most of the U-Net's
+GroupNorms in the same pass (the normalized tensor is never stored). It is compiled with the
+machine's C compiler on first use and cached in ``DDPMKIT_CACHE_DIR`` (default
+``$XDG_CACHE_HOME/ddpmkit``, ``~/.cache/ddpmkit``). Without a compiler, or with
+``DDPMKIT_NATIVE_KERNELS=0``, every call is PyTorch's own; so is every call the kernels do not
+cover (GPUs, other dtypes and layouts, autocast, ``torch.compile``, ``torch.func`` transforms,
+small tensors).
 """
 
 from __future__ import annotations
@@ -32,7 +35,10 @@ from torch.autograd.function import FunctionCtx
 log = logging.getLogger(__name__)
 
 _SOURCE = Path(__file__).with_name("group_norm.c")
-_FLAGS = ("-O3", "-march=native", "-std=c99", "-fPIC", "-shared")
+_FLAGS: tuple[str, ...] = ("-O3", "-march=native", "-std=c99", "-fPIC", "-shared")
+if platform.machine().lower() in ("x86_64", "amd64"):
+    # AVX-512 where the CPU has it: the SiLU's exponential is compute-bound
+    _FLAGS += ("-mprefer-vector-width=512",)
 # below this many elements the Python around a call costs what the kernels save
 _MIN_ELEMENTS = 1 << 16
 
@@ -115,9 +121,9 @@ def library() -> ctypes.CDLL | None:
 def _declare(lib: ctypes.CDLL) -> None:
     """The C signatures of ``gn_forward`` and ``gn_backward``."""
     ptr, i64, c_int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-    lib.gn_forward.argtypes = [ptr] * 6 + [i64] * 4 + [ctypes.c_double, c_int]
+    lib.gn_forward.argtypes = [ptr] * 6 + [i64] * 4 + [ctypes.c_double, c_int, c_int]
     lib.gn_forward.restype = c_int
-    lib.gn_backward.argtypes = [ptr] * 8 + [i64] * 4 + [c_int]
+    lib.gn_backward.argtypes = [ptr] * 9 + [i64] * 4 + [c_int, c_int]
     lib.gn_backward.restype = c_int
 
 
@@ -162,9 +168,10 @@ def _check(status: int, what: str) -> None:
 
 
 def _forward(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, groups: int, eps: float
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, groups: int, eps: float, silu: bool
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(y, mean, rstd)`` of channels-last ``x``; ``mean``, ``rstd`` are ``(N, groups)``."""
+    """``(y, mean, rstd)`` of channels-last ``x``, SiLU applied to ``y`` when ``silu``;
+    ``mean`` and ``rstd`` are ``(N, groups)``."""
     lib = library()
     assert lib is not None
     n, c, h, w = x.shape
@@ -174,7 +181,7 @@ def _forward(
     weight, bias = weight.contiguous(), bias.contiguous()
     status = lib.gn_forward(
         x.data_ptr(), weight.data_ptr(), bias.data_ptr(), y.data_ptr(), mean.data_ptr(),
-        rstd.data_ptr(), n, h * w, c, groups, eps, torch.get_num_threads(),
+        rstd.data_ptr(), n, h * w, c, groups, eps, int(silu), torch.get_num_threads(),
     )  # fmt: skip
     _check(status, "forward")
     return y, mean, rstd
@@ -193,10 +200,11 @@ class _GroupNormChannelsLast(torch.autograd.Function):
         bias: torch.Tensor,
         groups: int,
         eps: float,
+        silu: bool,
     ) -> torch.Tensor:
-        y, mean, rstd = _forward(x, weight, bias, groups, eps)
+        y, mean, rstd = _forward(x, weight, bias, groups, eps, silu)
         ctx.save_for_backward(x, weight, bias, mean, rstd)
-        ctx.groups, ctx.eps = groups, eps  # type: ignore[attr-defined]
+        ctx.groups, ctx.eps, ctx.silu = groups, eps, silu  # type: ignore[attr-defined]
         return y
 
     @staticmethod
@@ -204,8 +212,10 @@ class _GroupNormChannelsLast(torch.autograd.Function):
         x, weight, bias, mean, rstd = ctx.saved_tensors
         if torch.is_grad_enabled():
             needed = tuple(ctx.needs_input_grad[:3])
-            grads = _differentiable_backward((x, weight, bias), needed, dy, ctx.groups, ctx.eps)
-            return (*grads, None, None)
+            grads = _differentiable_backward(
+                (x, weight, bias), needed, dy, ctx.groups, ctx.eps, ctx.silu
+            )
+            return (*grads, None, None, None)
         lib = library()
         assert lib is not None
         dy = dy.contiguous(memory_format=torch.channels_last)
@@ -215,11 +225,12 @@ class _GroupNormChannelsLast(torch.autograd.Function):
         dbias = weight.new_empty(c)
         status = lib.gn_backward(
             dy.data_ptr(), x.data_ptr(), mean.data_ptr(), rstd.data_ptr(),
-            weight.contiguous().data_ptr(), dx.data_ptr(), dweight.data_ptr(), dbias.data_ptr(),
-            n, h * w, c, ctx.groups, torch.get_num_threads(),
+            weight.contiguous().data_ptr(), bias.contiguous().data_ptr(), dx.data_ptr(),
+            dweight.data_ptr(), dbias.data_ptr(), n, h * w, c, ctx.groups, int(ctx.silu),
+            torch.get_num_threads(),
         )  # fmt: skip
         _check(status, "backward")
-        return dx, dweight, dbias, None, None
+        return dx, dweight, dbias, None, None, None
 
 
 def _differentiable_backward(
@@ -228,10 +239,13 @@ def _differentiable_backward(
     dy: torch.Tensor,
     groups: int,
     eps: float,
+    silu: bool,
 ) -> list[torch.Tensor | None]:
-    """The gradients of GroupNorm at ``inputs = (x, weight, bias)`` along ``dy`` that are
-    ``needed``, as a graph of PyTorch's ops (differentiable again)."""
+    """The gradients of GroupNorm (then SiLU when ``silu``) at ``inputs = (x, weight, bias)``
+    along ``dy`` that are ``needed``, as a graph of PyTorch's ops (differentiable again)."""
     y = F.group_norm(inputs[0], groups, inputs[1], inputs[2], eps)
+    if silu:
+        y = F.silu(y)
     wanted = [t for t, need in zip(inputs, needed, strict=True) if need]
     grads = iter(torch.autograd.grad(y, wanted, dy, create_graph=True))
     return [next(grads) if need else None for need in needed]
@@ -243,17 +257,21 @@ def group_norm(
     weight: torch.Tensor | None = None,
     bias: torch.Tensor | None = None,
     eps: float = 1e-5,
+    silu: bool = False,
 ) -> torch.Tensor:
-    """``F.group_norm``, computed by the compiled kernels where they apply (module docs)."""
+    """``F.group_norm``, then ``F.silu`` when ``silu``; computed by the compiled kernels where
+    they apply (module docs)."""
     if not _covered(x, groups, weight):
-        return F.group_norm(x, groups, weight, bias, eps)
+        y = F.group_norm(x, groups, weight, bias, eps)
+        # without autograd the SiLU may overwrite the fresh normalized tensor
+        return F.silu(y, inplace=not torch.is_grad_enabled()) if silu else y
     assert weight is not None
     if bias is None:
         bias = torch.zeros_like(weight)
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or bias.requires_grad):
-        out: torch.Tensor = _GroupNormChannelsLast.apply(x, weight, bias, groups, eps)
+        out: torch.Tensor = _GroupNormChannelsLast.apply(x, weight, bias, groups, eps, silu)
         return out
-    return _forward(x, weight, bias, groups, eps)[0]
+    return _forward(x, weight, bias, groups, eps, silu)[0]
 
 
 class GroupNorm(nn.GroupNorm):
@@ -262,3 +280,7 @@ class GroupNorm(nn.GroupNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, C, H, W)`` -> ``(N, C, H, W)``, normalized over each group of channels."""
         return group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+
+    def forward_silu(self, x: torch.Tensor) -> torch.Tensor:
+        """``F.silu(self(x))``, in one pass where the compiled kernels apply."""
+        return group_norm(x, self.num_groups, self.weight, self.bias, self.eps, silu=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 import torch
-import torch.nn.functional as F  # noqa: N812 - the usual name
 from pydantic import Field, model_validator
 from torch import nn
 from torch.utils.checkpoint import checkpoint
@@ -342,8 +341,7 @@ class UNet(Denoiser):
             if level > 0:
                 h = self.upsample[i](h)
 
-        h = F.silu(self.norm_out(h), inplace=not torch.is_grad_enabled())
-        return self.conv_out(h).contiguous()
+        return self.conv_out(self.norm_out.forward_silu(h)).contiguous()
 
 
 def _cpu_autocast() -> bool:

@@ -3,30 +3,36 @@
 ``python bench/run_all.py [--quick] [--no-write]``: sampling loops, the U-Net against
 diffusers, its GroupNorm kernels against PyTorch's, trainer overhead and the demo run (which
 trains the full demo once, about three minutes on 2 cores; ``--quick`` shortens everything).
-The tables replace the text between the ``speed-results`` markers of docs/benchmarks.md, each
-with its machine and date. The GPU benchmark is separate: ``bench/gpu.sh`` on a machine with
-a GPU.
+Each benchmark runs in a fresh process. The tables replace the text between the
+``speed-results`` markers of docs/benchmarks.md, each with its machine and date. The GPU
+benchmark is separate: ``bench/gpu.sh`` on a machine with a GPU.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-import speed_demo  # noqa: E402
-import speed_group_norm  # noqa: E402
-import speed_sampling  # noqa: E402
-import speed_trainer  # noqa: E402
-import speed_unet  # noqa: E402
-
 DOC = HERE.parent / "docs" / "benchmarks.md"
 START, END = "<!-- speed-results:start -->", "<!-- speed-results:end -->"
+MODULES = ("speed_sampling", "speed_unet", "speed_group_norm", "speed_trainer", "speed_demo")
+
+
+def run_module(name: str, quick: bool) -> str:
+    """``name.run(quick)`` in a fresh Python process: no benchmark inherits another's heap,
+    caches or compiled state."""
+    code = f"import {name}; print({name}.run({quick}))"
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=HERE, capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"bench/{name}.py failed:\n{done.stderr}")
+    return done.stdout.rstrip("\n") + "\n"
 
 
 def main() -> None:
@@ -36,11 +42,11 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     sections = []
-    for module in (speed_sampling, speed_unet, speed_group_norm, speed_trainer, speed_demo):
+    for name in MODULES:
         start = time.perf_counter()
-        text = module.run(args.quick)
+        text = run_module(name, args.quick)
         print(text, flush=True)
-        print(f"({module.__name__}: {time.perf_counter() - start:.0f} s)\n", flush=True)
+        print(f"({name}: {time.perf_counter() - start:.0f} s)\n", flush=True)
         sections.append(text)
     if args.no_write:
         return

@@ -37,8 +37,9 @@ class PyTorchGroupNorm(GroupNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
 
-    def forward_silu(self, x: torch.Tensor) -> torch.Tensor:
-        return F.silu(self(x), inplace=not torch.is_grad_enabled())
+    def forward_silu(self, x: torch.Tensor, shift: torch.Tensor | None = None) -> torch.Tensor:
+        z = x if shift is None else x + shift[:, :, None, None]
+        return F.silu(self(z), inplace=not torch.is_grad_enabled())
 
 
 def _pytorch(x: torch.Tensor, g: int, w: torch.Tensor, b: torch.Tensor, silu: bool) -> torch.Tensor:

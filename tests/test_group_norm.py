@@ -30,23 +30,28 @@ def reference(
     w: torch.Tensor,
     b: torch.Tensor,
     dy: torch.Tensor,
-    silu: bool = False,
+    silu: bool,
+    e: torch.Tensor,
 ) -> tuple[torch.Tensor, ...]:
-    """``(y, dx, dw, db)`` of PyTorch's GroupNorm (then SiLU) in float64: the exact answer."""
-    x64, w64, b64 = (t.detach().double().requires_grad_() for t in (x, w, b))
-    y = F.group_norm(x64, groups, w64, b64)
+    """``(y, dx, dw, db, de)`` of PyTorch's GroupNorm of ``x + e`` (then SiLU) in float64:
+    the exact answer."""
+    x64, w64, b64, e64 = (t.detach().double().requires_grad_() for t in (x, w, b, e))
+    y = F.group_norm(x64 + e64[:, :, None, None], groups, w64, b64)
     if silu:
         y = F.silu(y)
     y.backward(dy.double())
-    assert x64.grad is not None and w64.grad is not None and b64.grad is not None
-    return y.detach(), x64.grad, w64.grad, b64.grad
+    grads = (x64.grad, w64.grad, b64.grad, e64.grad)
+    assert all(g is not None for g in grads)
+    return (y.detach(), *grads)  # type: ignore[return-value]
 
 
-def relative_error(a: torch.Tensor, ref: torch.Tensor) -> float:
-    return float((a.detach().double() - ref).abs().max() / ref.abs().max())
+def relative_error(a: torch.Tensor, ref: torch.Tensor, scale: float = 0.0) -> float:
+    """Max error over the reference's largest value (or ``scale``, when larger)."""
+    return float((a.detach().double() - ref).abs().max() / max(ref.abs().max().item(), scale))
 
 
 @needs_kernels
+@pytest.mark.parametrize("shifted", [False, True])
 @pytest.mark.parametrize("silu", [False, True])
 @pytest.mark.parametrize(
     ("shape", "groups"),
@@ -57,14 +62,18 @@ def relative_error(a: torch.Tensor, ref: torch.Tensor) -> float:
         ((3, 24, 33, 30), 1),  # one group (layer norm over C, H, W)
     ],
 )
-def test_kernels_match_float64(shape: tuple[int, int, int, int], groups: int, silu: bool) -> None:
+def test_kernels_match_float64(
+    shape: tuple[int, int, int, int], groups: int, silu: bool, shifted: bool
+) -> None:
     x = channels_last(*shape, mean=3.0)
     dy = channels_last(*shape, seed=1)
     gen = torch.Generator().manual_seed(2)
     w = torch.randn(shape[1], generator=gen).requires_grad_()
     b = torch.randn(shape[1], generator=gen).requires_grad_()
+    # a per-(sample, channel) shift such as the time embedding, or none (its gradient is 0)
+    e = (torch.randn(shape[:2], generator=gen) * 3).requires_grad_()
     xg = x.clone().requires_grad_()
-    y = group_norm(xg, groups, w, b, silu=silu)
+    y = group_norm(xg, groups, w, b, silu=silu, shift=e if shifted else None)
     y.backward(dy)
     assert y.grad_fn is not None and "GroupNormChannelsLast" in type(y.grad_fn).__name__
     assert y.is_contiguous(memory_format=CL) and xg.grad is not None
@@ -72,10 +81,14 @@ def test_kernels_match_float64(shape: tuple[int, int, int, int], groups: int, si
     # float32 against float64: PyTorch's own float32 kernels are 1e-6 - 1e-5 off (sums of up
     # to ~5e4 terms); the kernels sum in float within 64 pixels and in double beyond, and
     # their exponential is good to a few float32 ulps
-    exact_answers = reference(x, groups, w, b, dy, silu)
-    for ours, exact in zip((y, xg.grad, w.grad, b.grad), exact_answers, strict=True):
-        assert ours is not None
-        assert relative_error(ours, exact) < 2e-6
+    exact_answers = reference(x, groups, w, b, dy, silu, e if shifted else torch.zeros_like(e))
+    ours_all = (y, xg.grad, w.grad, b.grad, e.grad if shifted else None)
+    # the shift's gradient sums dx over pixels, and is exactly 0 with one channel per group
+    # (a per-channel constant is normalized away): measured against the size of what it sums
+    scales = (0.0, 0.0, 0.0, 0.0, exact_answers[1].abs().sum((2, 3)).max().item())
+    for ours, exact, scale in zip(ours_all, exact_answers, scales, strict=True):
+        if ours is not None:  # None: no shift given
+            assert relative_error(ours, exact, scale) < 2e-6
 
 
 @needs_kernels
@@ -133,13 +146,21 @@ class PyTorchGroupNorm(GroupNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
 
-    def forward_silu(self, x: torch.Tensor) -> torch.Tensor:
-        return F.silu(self(x))
+    def forward_silu(self, x: torch.Tensor, shift: torch.Tensor | None = None) -> torch.Tensor:
+        z = x if shift is None else x + shift[:, :, None, None]
+        return F.silu(self(z), inplace=not torch.is_grad_enabled())
 
 
 def pytorch_group_norm_silu(
-    x: torch.Tensor, groups: int, w: torch.Tensor, b: torch.Tensor, silu: bool = False
+    x: torch.Tensor,
+    groups: int,
+    w: torch.Tensor,
+    b: torch.Tensor,
+    silu: bool = False,
+    shift: torch.Tensor | None = None,
 ) -> torch.Tensor:
+    if shift is not None:
+        x = x + shift[:, :, None, None]
     y = F.group_norm(x, groups, w, b)
     return F.silu(y) if silu else y
 
@@ -152,12 +173,14 @@ def test_second_derivatives_are_pytorch_s(silu: bool) -> None:
         x = channels_last(2, 64, 32, 32).requires_grad_()
         w = torch.linspace(0.5, 1.5, 64).requires_grad_()
         b = torch.linspace(-1, 1, 64).requires_grad_()
-        y = norm(x, 32, w, b, silu=silu)  # type: ignore[operator]
+        e = torch.linspace(-2, 2, 128).view(2, 64).requires_grad_()
+        y = norm(x, 32, w, b, silu=silu, shift=e)  # type: ignore[operator]
         assert ("GroupNormChannelsLast" in type(y.grad_fn).__name__) == (norm is group_norm)
         (gx,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)
         gx.square().sum().backward()
-        assert x.grad is not None and w.grad is not None and b.grad is not None
-        return gx.detach(), x.grad, w.grad, b.grad
+        grads = (x.grad, w.grad, b.grad, e.grad)
+        assert all(g is not None for g in grads)
+        return (gx.detach(), *grads)  # type: ignore[return-value]
 
     # the kernels' forward, then PyTorch's ops for both derivatives: float32 rounding apart
     for ours, theirs in zip(penalty(group_norm), penalty(pytorch_group_norm_silu), strict=True):

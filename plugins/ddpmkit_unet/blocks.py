@@ -88,12 +88,13 @@ class ResBlock(nn.Module):
         # the SiLU may overwrite the fresh tensor it reads; with it, the additions may (a
         # convolution's backward does not read its output)
         h = self.conv1(self.norm1.forward_silu(x))
-        e = self.emb_proj(emb)[:, :, None, None]
+        e = self.emb_proj(emb)
         if self.scale_shift:
-            scale, shift = e.chunk(2, dim=1)
+            scale, shift = e[:, :, None, None].chunk(2, dim=1)
             h = F.silu(self.norm2(h) * (1 + scale) + shift, inplace=not torch.is_grad_enabled())
         else:
-            h = self.norm2.forward_silu(add_into(h, e))
+            # the time embedding added to every pixel inside the norm's pass
+            h = self.norm2.forward_silu(h, shift=e)
         h = self.conv2(self.dropout(h))
         return add_into(h, self.skip(x))
 

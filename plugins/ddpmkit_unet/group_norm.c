@@ -1,5 +1,6 @@
-/* Group normalization (Wu & He 2018, eq. 1-2), optionally followed by SiLU (Elfwing et al.
-   2018, x * sigmoid(x)), on channels-last float32 memory, CPU.
+/* Group normalization (Wu & He 2018, eq. 1-2) of x plus an optional per-channel shift (the
+   U-Net's time embedding), optionally followed by SiLU (Elfwing et al. 2018, x sigmoid(x)),
+   on channels-last float32 memory, CPU.
 
    PyTorch's CPU kernels for a channels-last GroupNorm are two to three times slower than its
    contiguous ones when a group holds few channels (the U-Net's common case); these take
@@ -66,9 +67,10 @@ static void shifted_sums(const float *x, int64_t L, int64_t C, int64_t b, float 
     }
 }
 
-/* Per (group): the mean and rstd of one sample x [L][C] from its blocks' shifted sums, and
-   each channel's scale a = gamma * rstd and offset o = beta - mean * a. */
-static void group_stats(const float *x, const float *part, const float *gamma,
+/* Per (group): the mean and rstd of one sample's x + e (x [L][C], e [C] or NULL: zero) from
+   its blocks' sums of x shifted by its first pixel k (also the sums of x + e shifted by k + e),
+   and each channel's scale a = gamma * rstd and offset o = beta - mean * a. */
+static void group_stats(const float *x, const float *e, const float *part, const float *gamma,
                         const float *beta, int64_t L, int64_t C, int64_t G, int64_t nb,
                         double eps, float *mean, float *rstd, float *a, float *o) {
     const int64_t Cg = C / G;
@@ -76,12 +78,12 @@ static void group_stats(const float *x, const float *part, const float *gamma,
         double total = 0.0, m2 = 0.0, count = (double)(L * Cg);
         for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) {
             for (int64_t b = 0; b < nb; ++b) total += part[b * 2 * C + c];
-            total += (double)L * x[c];
+            total += (double)L * ((double)x[c] + (e ? (double)e[c] : 0.0));
         }
         double mu = total / count;
         for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) {
             /* sum over pixels of (x - mu)^2 = s2 + 2 (k - mu) s1 + L (k - mu)^2 */
-            double s1 = 0.0, s2 = 0.0, d = (double)x[c] - mu;
+            double s1 = 0.0, s2 = 0.0, d = (double)x[c] + (e ? (double)e[c] : 0.0) - mu;
             for (int64_t b = 0; b < nb; ++b) {
                 s1 += part[b * 2 * C + c];
                 s2 += part[b * 2 * C + C + c];
@@ -98,12 +100,12 @@ static void group_stats(const float *x, const float *part, const float *gamma,
     }
 }
 
-/* Forward: u = (x - mean) * rstd * gamma + beta, mean and rstd per (sample, group), written
-   [N][G] for the backward pass; y = u, or y = u * sigmoid(u) when silu is set. Returns 0, or
-   -1 when out of memory. */
-int gn_forward(const float *x, const float *gamma, const float *beta, float *y, float *mean,
-               float *rstd, int64_t N, int64_t L, int64_t C, int64_t G, double eps, int silu,
-               int threads) {
+/* Forward: with z = x + shift (shift [N][C], or NULL: zero), u = (z - mean) * rstd * gamma
+   + beta, mean and rstd per (sample, group), written [N][G] for the backward pass; y = u, or
+   y = u * sigmoid(u) when silu is set. Returns 0, or -1 when out of memory. */
+int gn_forward(const float *x, const float *shift, const float *gamma, const float *beta,
+               float *y, float *mean, float *rstd, int64_t N, int64_t L, int64_t C, int64_t G,
+               double eps, int silu, int threads) {
     const int64_t nb = blocks(L);
     float *part = malloc((size_t)(nb * 2 * C) * sizeof(float));
     float *a = malloc((size_t)(2 * C) * sizeof(float)), *o = a + C;
@@ -119,8 +121,13 @@ int gn_forward(const float *x, const float *gamma, const float *beta, float *y, 
 #pragma omp parallel for num_threads(threads) schedule(static)
         for (int64_t b = 0; b < nb; ++b)
             shifted_sums(xn, L, C, b, part + b * 2 * C, part + b * 2 * C + C);
-        /* 2. the groups' mean and rstd; the channels' scale and offset */
-        group_stats(xn, part, gamma, beta, L, C, G, nb, eps, mean + n * G, rstd + n * G, a, o);
+        /* 2. the groups' mean and rstd; the channels' scale and offset, the shift folded in:
+           u = (x + e) * a + o = x * a + (o + e * a) */
+        const float *en = shift ? shift + n * C : NULL;
+        group_stats(xn, en, part, gamma, beta, L, C, G, nb, eps, mean + n * G, rstd + n * G, a,
+                    o);
+        if (en)
+            for (int64_t c = 0; c < C; ++c) o[c] += en[c] * a[c];
         /* 3. y = u = x * a + o, or u * sigmoid(u) */
 #pragma omp parallel for num_threads(threads) schedule(static)
         for (int64_t b = 0; b < nb; ++b) {
@@ -144,13 +151,15 @@ int gn_forward(const float *x, const float *gamma, const float *beta, float *y, 
 }
 
 /* Backward of the forward above, given dL/dy, so dL/du = dy without SiLU and
-   dy * s (1 + u (1 - s)), s = sigmoid(u), with it (u recomputed from x). With m = L * Cg,
-   dbeta = sum du, dgamma = sum du * (x - mean) * rstd (over samples and pixels), and per
-   (sample, group) dx = gamma * rstd * du - rstd^3 / m * (x - mean) * sum(gamma du (x - mean))
-   - rstd / m * sum(gamma du). Returns 0, or -1 when out of memory. */
-int gn_backward(const float *dy, const float *x, const float *mean, const float *rstd,
-                const float *gamma, const float *beta, float *dx, float *dgamma, float *dbeta,
-                int64_t N, int64_t L, int64_t C, int64_t G, int silu, int threads) {
+   dy * s (1 + u (1 - s)), s = sigmoid(u), with it (u recomputed from x). With z = x + shift
+   and m = L * Cg, dbeta = sum du, dgamma = sum du * (z - mean) * rstd (over samples and
+   pixels), per (sample, group) dx = gamma * rstd * du - rstd^3 / m * (z - mean) *
+   sum(gamma du (z - mean)) - rstd / m * sum(gamma du), and dshift = sum dx over pixels (with
+   a shift; dshift may be NULL without one). Returns 0, or -1 when out of memory. */
+int gn_backward(const float *dy, const float *x, const float *shift, const float *mean,
+                const float *rstd, const float *gamma, const float *beta, float *dx,
+                float *dshift, float *dgamma, float *dbeta, int64_t N, int64_t L, int64_t C,
+                int64_t G, int silu, int threads) {
     const int64_t Cg = C / G, nb = blocks(L);
     float *part = malloc((size_t)(nb * 2 * C) * sizeof(float));
     double *dsum = calloc((size_t)(2 * C), sizeof(double));
@@ -169,10 +178,12 @@ int gn_backward(const float *dy, const float *x, const float *mean, const float 
     for (int64_t n = 0; n < N; ++n) {
         const float *xn = x + n * L * C, *dyn = dy + n * L * C, *mn = mean + n * G;
         const float *rn = rstd + n * G, *dun = silu ? du : dyn;
+        /* with the shift folded in: z - mean = x - (mean - e), u = x * a + (o + e * a) */
+        const float *en = shift ? shift + n * C : NULL;
         for (int64_t c = 0; c < C; ++c) {
-            mc[c] = mn[c / Cg];
             a[c] = gamma[c] * rn[c / Cg];
-            o[c] = beta[c] - mc[c] * a[c];
+            o[c] = beta[c] - mn[c / Cg] * a[c] + (en ? en[c] * a[c] : 0.0f);
+            mc[c] = mn[c / Cg] - (en ? en[c] : 0.0f);
         }
         /* 1. per block and channel: sum du (x - mean) and sum du (float in a block) */
 #pragma omp parallel for num_threads(threads) schedule(static)
@@ -212,16 +223,30 @@ int gn_backward(const float *dy, const float *x, const float *mean, const float 
             double m = (double)(L * Cg), qg = -gsd * r * r * r / m, pg = -qg * mn[g] - gs * r / m;
             for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) {
                 q[c] = (float)qg;
-                p[c] = (float)pg;
+                /* dx = du * a + z * q + p = du * a + x * q + (p + e * q) */
+                p[c] = (float)(pg + (en ? (double)en[c] * qg : 0.0));
             }
         }
-        /* 3. dx = du * a + x * q + p, reading what step 1 left in the cache */
+        /* 3. dx = du * a + x * q + p, reading what step 1 left in the cache; with a shift,
+           each block's sum of dx */
 #pragma omp parallel for num_threads(threads) schedule(static)
         for (int64_t b = 0; b < nb; ++b) {
+            float *sx = part + b * 2 * C;
+            if (en) memset(sx, 0, (size_t)C * sizeof(float));
             for (int64_t l = b * BLOCK; l < block_end(b, L); ++l) {
                 const float *xrow = xn + l * C, *urow = dun + l * C;
                 float *out = dx + n * L * C + l * C;
                 for (int64_t c = 0; c < C; ++c) out[c] = urow[c] * a[c] + xrow[c] * q[c] + p[c];
+                if (en)
+                    for (int64_t c = 0; c < C; ++c) sx[c] += out[c];
+            }
+        }
+        /* 4. dshift = sum of dx over the sample's pixels, the blocks added in order */
+        if (en && dshift) {
+            for (int64_t c = 0; c < C; ++c) {
+                double total = 0.0;
+                for (int64_t b = 0; b < nb; ++b) total += part[b * 2 * C + c];
+                dshift[n * C + c] = (float)total;
             }
         }
     }

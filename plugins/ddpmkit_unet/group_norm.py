@@ -121,9 +121,9 @@ def library() -> ctypes.CDLL | None:
 def _declare(lib: ctypes.CDLL) -> None:
     """The C signatures of ``gn_forward`` and ``gn_backward``."""
     ptr, i64, c_int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-    lib.gn_forward.argtypes = [ptr] * 6 + [i64] * 4 + [ctypes.c_double, c_int, c_int]
+    lib.gn_forward.argtypes = [ptr] * 7 + [i64] * 4 + [ctypes.c_double, c_int, c_int]
     lib.gn_forward.restype = c_int
-    lib.gn_backward.argtypes = [ptr] * 9 + [i64] * 4 + [c_int, c_int]
+    lib.gn_backward.argtypes = [ptr] * 11 + [i64] * 4 + [c_int, c_int]
     lib.gn_backward.restype = c_int
 
 
@@ -168,10 +168,16 @@ def _check(status: int, what: str) -> None:
 
 
 def _forward(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, groups: int, eps: float, silu: bool
+    x: torch.Tensor,
+    shift: torch.Tensor | None,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    groups: int,
+    eps: float,
+    silu: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(y, mean, rstd)`` of channels-last ``x``, SiLU applied to ``y`` when ``silu``;
-    ``mean`` and ``rstd`` are ``(N, groups)``."""
+    """``(y, mean, rstd)`` of channels-last ``x`` plus ``shift`` ``(N, C)`` (or nothing),
+    SiLU applied to ``y`` when ``silu``; ``mean`` and ``rstd`` are ``(N, groups)``."""
     lib = library()
     assert lib is not None
     n, c, h, w = x.shape
@@ -180,40 +186,48 @@ def _forward(
     rstd = x.new_empty(n, groups)
     weight, bias = weight.contiguous(), bias.contiguous()
     status = lib.gn_forward(
-        x.data_ptr(), weight.data_ptr(), bias.data_ptr(), y.data_ptr(), mean.data_ptr(),
-        rstd.data_ptr(), n, h * w, c, groups, eps, int(silu), torch.get_num_threads(),
+        x.data_ptr(), _pointer(shift), weight.data_ptr(), bias.data_ptr(), y.data_ptr(),
+        mean.data_ptr(), rstd.data_ptr(), n, h * w, c, groups, eps, int(silu),
+        torch.get_num_threads(),
     )  # fmt: skip
     _check(status, "forward")
     return y, mean, rstd
 
 
+def _pointer(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
 class _GroupNormChannelsLast(torch.autograd.Function):
-    """Autograd for the compiled kernels: saves ``x`` and the per-group statistics. A backward
-    pass that must itself be differentiable (``create_graph=True``: gradient penalties,
-    second derivatives) recomputes the forward with PyTorch's ops and differentiates that."""
+    """Autograd for the compiled kernels: saves ``x``, the shift and the per-group statistics.
+    A backward pass that must itself be differentiable (``create_graph=True``: gradient
+    penalties, second derivatives) recomputes the forward with PyTorch's ops and
+    differentiates that."""
 
     @staticmethod
     def forward(
         ctx: FunctionCtx,
         x: torch.Tensor,
+        shift: torch.Tensor | None,
         weight: torch.Tensor,
         bias: torch.Tensor,
         groups: int,
         eps: float,
         silu: bool,
     ) -> torch.Tensor:
-        y, mean, rstd = _forward(x, weight, bias, groups, eps, silu)
-        ctx.save_for_backward(x, weight, bias, mean, rstd)
+        y, mean, rstd = _forward(x, shift, weight, bias, groups, eps, silu)
+        # a None shift is saved as None (save_for_backward allows it; its stub does not say so)
+        ctx.save_for_backward(x, shift, weight, bias, mean, rstd)  # type: ignore[arg-type]
         ctx.groups, ctx.eps, ctx.silu = groups, eps, silu  # type: ignore[attr-defined]
         return y
 
     @staticmethod
     def backward(ctx: Any, dy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, weight, bias, mean, rstd = ctx.saved_tensors
+        x, shift, weight, bias, mean, rstd = ctx.saved_tensors
         if torch.is_grad_enabled():
-            needed = tuple(ctx.needs_input_grad[:3])
+            needed = tuple(ctx.needs_input_grad[:4])
             grads = _differentiable_backward(
-                (x, weight, bias), needed, dy, ctx.groups, ctx.eps, ctx.silu
+                (x, shift, weight, bias), needed, dy, ctx.groups, ctx.eps, ctx.silu
             )
             return (*grads, None, None, None)
         lib = library()
@@ -221,34 +235,52 @@ class _GroupNormChannelsLast(torch.autograd.Function):
         dy = dy.contiguous(memory_format=torch.channels_last)
         n, c, h, w = x.shape
         dx = torch.empty_like(x, memory_format=torch.channels_last)
+        dshift = None if shift is None else shift.new_empty(n, c)
         dweight = weight.new_empty(c)
         dbias = weight.new_empty(c)
         status = lib.gn_backward(
-            dy.data_ptr(), x.data_ptr(), mean.data_ptr(), rstd.data_ptr(),
+            dy.data_ptr(), x.data_ptr(), _pointer(shift), mean.data_ptr(), rstd.data_ptr(),
             weight.contiguous().data_ptr(), bias.contiguous().data_ptr(), dx.data_ptr(),
-            dweight.data_ptr(), dbias.data_ptr(), n, h * w, c, ctx.groups, int(ctx.silu),
-            torch.get_num_threads(),
+            _pointer(dshift), dweight.data_ptr(), dbias.data_ptr(), n, h * w, c, ctx.groups,
+            int(ctx.silu), torch.get_num_threads(),
         )  # fmt: skip
         _check(status, "backward")
-        return dx, dweight, dbias, None, None, None
+        return dx, dshift, dweight, dbias, None, None, None
+
+
+def _reference(
+    x: torch.Tensor,
+    shift: torch.Tensor | None,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    groups: int,
+    eps: float,
+    silu: bool,
+) -> torch.Tensor:
+    """What the kernels compute, in PyTorch's ops."""
+    if shift is not None:
+        x = x + shift[:, :, None, None]
+    y = F.group_norm(x, groups, weight, bias, eps)
+    # without autograd the SiLU may overwrite the fresh normalized tensor
+    return F.silu(y, inplace=not torch.is_grad_enabled()) if silu else y
 
 
 def _differentiable_backward(
-    inputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    inputs: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor],
     needed: tuple[bool, ...],
     dy: torch.Tensor,
     groups: int,
     eps: float,
     silu: bool,
 ) -> list[torch.Tensor | None]:
-    """The gradients of GroupNorm (then SiLU when ``silu``) at ``inputs = (x, weight, bias)``
-    along ``dy`` that are ``needed``, as a graph of PyTorch's ops (differentiable again)."""
-    y = F.group_norm(inputs[0], groups, inputs[1], inputs[2], eps)
-    if silu:
-        y = F.silu(y)
-    wanted = [t for t, need in zip(inputs, needed, strict=True) if need]
+    """The gradients at ``inputs = (x, shift, weight, bias)`` along ``dy`` that are
+    ``needed``, as a graph of PyTorch's ops (differentiable again)."""
+    x, shift, weight, bias = inputs
+    y = _reference(x, shift, weight, bias, groups, eps, silu)
+    asked = [need and t is not None for t, need in zip(inputs, needed, strict=True)]
+    wanted = [t for t, ask in zip(inputs, asked, strict=True) if ask and t is not None]
     grads = iter(torch.autograd.grad(y, wanted, dy, create_graph=True))
-    return [next(grads) if need else None for need in needed]
+    return [next(grads) if ask else None for ask in asked]
 
 
 def group_norm(
@@ -258,20 +290,31 @@ def group_norm(
     bias: torch.Tensor | None = None,
     eps: float = 1e-5,
     silu: bool = False,
+    shift: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``F.group_norm``, then ``F.silu`` when ``silu``; computed by the compiled kernels where
-    they apply (module docs)."""
-    if not _covered(x, groups, weight):
-        y = F.group_norm(x, groups, weight, bias, eps)
-        # without autograd the SiLU may overwrite the fresh normalized tensor
-        return F.silu(y, inplace=not torch.is_grad_enabled()) if silu else y
+    """``F.group_norm(x + shift[:, :, None, None])`` (``shift`` ``(N, C)``, optional), then
+    ``F.silu`` when ``silu``; computed by the compiled kernels where they apply (module
+    docs)."""
+    if not _covered(x, groups, weight) or not _shift_covered(shift, x):
+        return _reference(x, shift, weight, bias, groups, eps, silu)
     assert weight is not None
     if bias is None:
         bias = torch.zeros_like(weight)
-    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or bias.requires_grad):
-        out: torch.Tensor = _GroupNormChannelsLast.apply(x, weight, bias, groups, eps, silu)
+    inputs = (x, weight, bias) if shift is None else (x, shift, weight, bias)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
+        out: torch.Tensor = _GroupNormChannelsLast.apply(x, shift, weight, bias, groups, eps, silu)
         return out
-    return _forward(x, weight, bias, groups, eps, silu)[0]
+    return _forward(x, shift, weight, bias, groups, eps, silu)[0]
+
+
+def _shift_covered(shift: torch.Tensor | None, x: torch.Tensor) -> bool:
+    """Whether the kernels take this shift: none, or a contiguous float32 ``(N, C)``."""
+    return shift is None or (
+        shift.dtype == torch.float32
+        and shift.device.type == "cpu"
+        and shift.shape == x.shape[:2]
+        and shift.is_contiguous()
+    )
 
 
 class GroupNorm(nn.GroupNorm):
@@ -281,6 +324,9 @@ class GroupNorm(nn.GroupNorm):
         """``(N, C, H, W)`` -> ``(N, C, H, W)``, normalized over each group of channels."""
         return group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
 
-    def forward_silu(self, x: torch.Tensor) -> torch.Tensor:
-        """``F.silu(self(x))``, in one pass where the compiled kernels apply."""
-        return group_norm(x, self.num_groups, self.weight, self.bias, self.eps, silu=True)
+    def forward_silu(self, x: torch.Tensor, shift: torch.Tensor | None = None) -> torch.Tensor:
+        """``F.silu(self(x + shift[:, :, None, None]))`` (``shift`` ``(N, C)``, optional), in
+        one pass where the compiled kernels apply."""
+        return group_norm(
+            x, self.num_groups, self.weight, self.bias, self.eps, silu=True, shift=shift
+        )

@@ -123,16 +123,16 @@ def test_a_large_mean_does_not_cancel_the_variance() -> None:
 def test_bit_identical_for_any_thread_count() -> None:
     # each block's sums are added in a fixed order whoever computes them
     x, dy = channels_last(4, 64, 24, 24), channels_last(4, 64, 24, 24, seed=1)
-    w, b = torch.randn(64), torch.randn(64)
+    w, b, e = torch.randn(64), torch.randn(64), torch.randn(4, 64)
     runs = []
     threads = torch.get_num_threads()
     try:
         for n in (1, 2, 3):
             torch.set_num_threads(n)
-            xg, wg, bg = (t.clone().requires_grad_() for t in (x, w, b))
-            y = group_norm(xg, 16, wg, bg, silu=True)
+            xg, wg, bg, eg = (t.clone().requires_grad_() for t in (x, w, b, e))
+            y = group_norm(xg, 16, wg, bg, silu=True, shift=eg)
             y.backward(dy)
-            runs.append((y, xg.grad, wg.grad, bg.grad))
+            runs.append((y, xg.grad, wg.grad, bg.grad, eg.grad))
     finally:
         torch.set_num_threads(threads)
     for run in runs[1:]:
@@ -231,12 +231,17 @@ def test_torch_func_transforms_run_pytorch_s_kernels() -> None:
 
 
 @needs_kernels
-def test_the_unet_gives_pytorch_s_result_and_state_dict(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("injection", ["add", "scale-shift"])
+def test_the_unet_gives_pytorch_s_result_and_state_dict(
+    injection: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     calls = []
     kernel = gn._forward
     monkeypatch.setattr(gn, "_forward", lambda *a: calls.append(a[0].shape) or kernel(*a))
     torch.manual_seed(0)
-    params = UNet.Params(in_channels=3, base_channels=32, channel_mults=(1, 2), groups=8)
+    params = UNet.Params(
+        in_channels=3, base_channels=32, channel_mults=(1, 2), groups=8, time_injection=injection
+    )
     ours = UNet(params)
     theirs = UNet(params)
     for module in theirs.modules():

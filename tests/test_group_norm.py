@@ -140,17 +140,6 @@ def test_bit_identical_for_any_thread_count() -> None:
             assert a is not None and ref is not None and torch.equal(a, ref)
 
 
-class PyTorchGroupNorm(GroupNorm):
-    """The same module computed by PyTorch's ops alone."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
-
-    def forward_silu(self, x: torch.Tensor, shift: torch.Tensor | None = None) -> torch.Tensor:
-        z = x if shift is None else x + shift[:, :, None, None]
-        return F.silu(self(z), inplace=not torch.is_grad_enabled())
-
-
 def pytorch_group_norm_silu(
     x: torch.Tensor,
     groups: int,
@@ -246,7 +235,7 @@ def test_the_unet_gives_pytorch_s_result_and_state_dict(
     theirs = UNet(params)
     for module in theirs.modules():
         if isinstance(module, GroupNorm):
-            module.__class__ = PyTorchGroupNorm
+            module.kernels = False
     theirs.load_state_dict(ours.state_dict())
     x = torch.randn(4, 3, 32, 32)
     t = torch.tensor([1, 10, 100, 500])

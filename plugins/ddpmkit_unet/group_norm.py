@@ -318,15 +318,22 @@ def _shift_covered(shift: torch.Tensor | None, x: torch.Tensor) -> bool:
 
 
 class GroupNorm(nn.GroupNorm):
-    """``nn.GroupNorm`` (the same parameters and state dict) computed by :func:`group_norm`."""
+    """``nn.GroupNorm`` (the same parameters and state dict) computed by :func:`group_norm`;
+    set ``kernels = False`` on a module to compute it with PyTorch's ops alone."""
+
+    kernels: bool = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, C, H, W)`` -> ``(N, C, H, W)``, normalized over each group of channels."""
-        return group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+        return self._norm(x, None, silu=False)
 
     def forward_silu(self, x: torch.Tensor, shift: torch.Tensor | None = None) -> torch.Tensor:
         """``F.silu(self(x + shift[:, :, None, None]))`` (``shift`` ``(N, C)``, optional), in
         one pass where the compiled kernels apply."""
-        return group_norm(
-            x, self.num_groups, self.weight, self.bias, self.eps, silu=True, shift=shift
-        )
+        return self._norm(x, shift, silu=True)
+
+    def _norm(self, x: torch.Tensor, shift: torch.Tensor | None, silu: bool) -> torch.Tensor:
+        g, w, b, eps = self.num_groups, self.weight, self.bias, self.eps
+        if not self.kernels:
+            return _reference(x, shift, w, b, g, eps, silu)
+        return group_norm(x, g, w, b, eps, silu=silu, shift=shift)

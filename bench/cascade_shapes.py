@@ -23,10 +23,10 @@ from pathlib import Path
 import torch
 
 import ddpmkit
-from ddpmkit.checkpoint import list_checkpoints
-from ddpmkit.evaluate import attribute_adherence
-from ddpmkit.images import save_grid
-from ddpmkit.pipeline import load_model_from_checkpoint
+from ddpmkit.app.evaluate import attribute_adherence
+from ddpmkit.app.pipeline import load_model_from_checkpoint
+from ddpmkit.core.checkpoint import list_checkpoints
+from ddpmkit.core.images import save_grid
 from ddpmkit_conditioning.cascade import load_stage_samples
 from ddpmkit_conditioning.image import resize
 

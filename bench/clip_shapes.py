@@ -20,11 +20,11 @@ from pathlib import Path
 
 import torch
 
-from ddpmkit.checkpoint import list_checkpoints
-from ddpmkit.config import load_config
-from ddpmkit.evaluate import attribute_adherence_by_key, attribute_diversity
-from ddpmkit.images import save_grid
-from ddpmkit.pipeline import Pipeline, latest_run_directory, load_weights
+from ddpmkit.app.config import load_config
+from ddpmkit.app.evaluate import attribute_adherence_by_key, attribute_diversity
+from ddpmkit.app.pipeline import Pipeline, latest_run_directory, load_weights
+from ddpmkit.core.checkpoint import list_checkpoints
+from ddpmkit.core.images import save_grid
 
 PIPELINE = Path("examples/shapes-clip.toml")
 

@@ -24,9 +24,9 @@ import torch
 from mixture import MIXTURE
 
 import ddpmkit
-from ddpmkit.config import TrainConfig
-from ddpmkit.metrics import sliced_wasserstein
-from ddpmkit.train import Trainer
+from ddpmkit.app.config import TrainConfig
+from ddpmkit.app.metrics import sliced_wasserstein
+from ddpmkit.app.train import Trainer
 
 # DDGAN's T = 4: the VP SDE (beta_min 0.1, beta_max 20) at four steps (Xiao et al. 2022)
 BETAS = [0.47825530296187846, 0.8492060043167428, 0.9564177091531395, 0.987403901151003]
@@ -171,7 +171,7 @@ def main() -> None:
         axis.set_ylim(-2.0, 2.5)
         axis.set_xticks([])
         axis.set_yticks([])
-    from ddpmkit.plots import save_figure
+    from ddpmkit.tools.plots import save_figure
 
     save_figure(figure, args.figure)
     print(f"wrote {args.figure}")

@@ -22,7 +22,7 @@ import torch
 from inpaint_shapes import N, agreement, held_out
 
 import ddpmkit
-from ddpmkit.images import save_grid
+from ddpmkit.core.images import save_grid
 from ddpmkit_datasets._render import BACKGROUND
 
 SEEDS = (0, 1, 2)

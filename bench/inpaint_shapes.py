@@ -17,10 +17,10 @@ import torch
 
 import ddpmkit
 from ddpmkit import DiffusionModel
-from ddpmkit.checkpoint import list_checkpoints
-from ddpmkit.evaluate import attribute_adherence
-from ddpmkit.images import save_grid
-from ddpmkit.pipeline import load_model_from_checkpoint
+from ddpmkit.app.evaluate import attribute_adherence
+from ddpmkit.app.pipeline import load_model_from_checkpoint
+from ddpmkit.core.checkpoint import list_checkpoints
+from ddpmkit.core.images import save_grid
 from ddpmkit_conditioning import region_mask
 
 N = 32

@@ -22,8 +22,8 @@ import torch
 from mixture import MIXTURE
 
 import ddpmkit
-from ddpmkit.evaluate import nll_bits_per_dim
-from ddpmkit.plots import save_figure
+from ddpmkit.app.evaluate import nll_bits_per_dim
+from ddpmkit.tools.plots import save_figure
 
 T = 1000
 HELD_OUT = 4000

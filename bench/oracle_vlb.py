@@ -16,7 +16,7 @@ import torch
 from mixture import MIXTURE
 
 import ddpmkit
-from ddpmkit.evaluate import nll_bits_per_dim
+from ddpmkit.app.evaluate import nll_bits_per_dim
 
 VARIANCES = ("fixed-large", "fixed-small", "analytic")
 STEPS = (100, 1000, 4000)

@@ -5,7 +5,7 @@ The exact ``gmm-oracle`` of the 2D three-component mixture of tests/test_oracle_
 beta~_{t|s}, fixed-small), DDIM (eta = 0) and DPM-Solver++(2M) at 5 .. 1000 network
 evaluations, with trailing, linspace or logSNR-uniform steps (``spacing``; the last row jumps
 from index T-1 to log SNR -5 and spaces the rest uniformly up to log SNR 7). Each cell is
-SW_1 (ddpmkit.metrics.sliced_wasserstein, 256 projections) between N samples and N fresh
+SW_1 (ddpmkit.app.metrics.sliced_wasserstein, 256 projections) between N samples and N fresh
 mixture draws, averaged over three seeds; the "data" row is SW_1 between two fresh draws, the
 sampling-noise floor. Prints a markdown table and writes docs/images/sampler_nfe.png.
 
@@ -25,8 +25,8 @@ from mixture import MIXTURE
 
 import ddpmkit
 from ddpmkit import DiffusionModel
-from ddpmkit.metrics import sliced_wasserstein
-from ddpmkit.plots import save_figure
+from ddpmkit.app.metrics import sliced_wasserstein
+from ddpmkit.tools.plots import save_figure
 from ddpmkit_toy import GMMOracle
 
 NFES = (5, 10, 20, 50, 100, 1000)

@@ -28,9 +28,9 @@ DEMO = ROOT / "examples" / "shapes.toml"
 
 FIRST_STEP = """
 import resource, sys, time
-from ddpmkit.config import load_config
-from ddpmkit.pipeline import Pipeline
-from ddpmkit.train import Trainer
+from ddpmkit.app.config import load_config
+from ddpmkit.app.pipeline import Pipeline
+from ddpmkit.app.train import Trainer
 config = load_config(sys.argv[1])
 pipeline = Pipeline.build(config)
 trainer = Trainer(pipeline.model, pipeline.dataset, config.train, progress=False)
@@ -41,7 +41,7 @@ print(time.time(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 RUN_AND_REPORT = """
 import resource, sys
-from ddpmkit.cli import main
+from ddpmkit.app.cli import main
 code = main(sys.argv[1:])
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 sys.exit(code)

@@ -25,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import machine
 
 from ddpmkit import DiffusionModel, create
-from ddpmkit.accel import autocast
-from ddpmkit.config import TrainConfig
-from ddpmkit.train import Trainer
+from ddpmkit.app.accel import autocast
+from ddpmkit.app.config import TrainConfig
+from ddpmkit.app.train import Trainer
 
 SIZES = {
     # Ho et al.'s CIFAR-10 model: 35.7 M parameters; batch 128 as in the paper

@@ -49,8 +49,8 @@ def tiny_mlp() -> DiffusionModel:
     """A 2D MLP small enough that the loop around it shows, trained for 300 steps on two-moons
     so that sampling keeps x_t in the data's range (an untrained net lets x_t grow a
     hundredfold, and SiLU of large inputs costs more: the values matter to the timings)."""
-    from ddpmkit.config import TrainConfig
-    from ddpmkit.train import Trainer
+    from ddpmkit.app.config import TrainConfig
+    from ddpmkit.app.train import Trainer
 
     torch.manual_seed(0)
     net = create("denoiser", "mlp", in_channels=2, hidden=16, layers=1, time_dim=8)

@@ -26,8 +26,8 @@ from _timing import interleaved_samples, machine, paired_ratio
 from speed_sampling import demo_unet
 
 from ddpmkit import Dataset, DiffusionModel, create
-from ddpmkit.config import TrainConfig
-from ddpmkit.train import Trainer, batch_indices
+from ddpmkit.app.config import TrainConfig
+from ddpmkit.app.train import Trainer, batch_indices
 
 
 def setups() -> dict[str, tuple[Callable[[], DiffusionModel], Dataset, int]]:

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from clip_shapes import read_prompted
 
-from ddpmkit.config import load_config
-from ddpmkit.pipeline import Pipeline, latest_run_directory
+from ddpmkit.app.config import load_config
+from ddpmkit.app.pipeline import Pipeline, latest_run_directory
 
 PIPELINE = Path("examples/shapes-text.toml")
 CLIP_PIPELINE = Path("examples/shapes-clip.toml")

@@ -1,13 +1,19 @@
-"""ddpmkit: a plugin-based framework for denoising diffusion probabilistic models."""
+"""ddpmkit: a plugin-based framework for denoising diffusion probabilistic models.
+
+The top level is the public API of the core (``ddpmkit.core``): the interfaces, value types,
+the diffusion maths, the registry and the hook markers. It imports nothing of the application
+(``ddpmkit.app``: config, runner, trainer, CLI) or the tools (``ddpmkit.tools``), so a plugin
+that imports ``ddpmkit`` loads neither.
+"""
 
 from __future__ import annotations
 
-from ddpmkit.config import ComponentConfig, PipelineConfig, SampleConfig, TrainConfig
-from ddpmkit.embeddings import timestep_features
-from ddpmkit.errors import ConfigError, DataError, DdpmkitError, PluginError
-from ddpmkit.hookspecs import hookimpl
-from ddpmkit.images import load_image, make_grid, save_grid, save_scatter, to_uint8
-from ddpmkit.interfaces import (
+from ddpmkit.core.checkpoint import load_network, network_metadata
+from ddpmkit.core.embeddings import timestep_features
+from ddpmkit.core.errors import ConfigError, DataError, DdpmkitError, PluginError
+from ddpmkit.core.hookspecs import hookimpl
+from ddpmkit.core.images import load_image, make_grid, save_grid, save_scatter, to_uint8
+from ddpmkit.core.interfaces import (
     Batch,
     Component,
     Conditioner,
@@ -33,24 +39,23 @@ from ddpmkit.interfaces import (
     TrainingObjective,
     caption_words,
 )
-from ddpmkit.model import (
+from ddpmkit.core.model import (
     Decoder,
     DiffusionModel,
     broadcast,
     column,
     eps_from_x0,
     guided_predict,
+    noised_batch,
     posterior_mean_coefficients,
     randn,
     randn_like,
     step_variance_formula,
     x0_from_eps,
 )
-from ddpmkit.pipeline import Pipeline
-from ddpmkit.plugin_policy import PLUGIN_API_VERSION
-from ddpmkit.registry import create, register
-from ddpmkit.runinfo import RunInfo
-from ddpmkit.stages import fit_network, load_network, network_metadata, noised_batch
+from ddpmkit.core.plugin_policy import PLUGIN_API_VERSION
+from ddpmkit.core.registry import create, register
+from ddpmkit.core.runinfo import RunInfo
 
 __version__ = "0.1.0"
 
@@ -58,7 +63,6 @@ __all__ = [
     "PLUGIN_API_VERSION",
     "Batch",
     "Component",
-    "ComponentConfig",
     "Conditioner",
     "Conditioning",
     "ConfigError",
@@ -76,20 +80,16 @@ __all__ = [
     "NoiseSchedule",
     "Parameterization",
     "Params",
-    "Pipeline",
-    "PipelineConfig",
     "PluginError",
     "PredictFn",
     "Prediction",
     "ReverseVariance",
     "RunInfo",
-    "SampleConfig",
     "Sampler",
     "SamplerCallback",
     "SamplerStep",
     "Stage",
     "StageContext",
-    "TrainConfig",
     "TrainingObjective",
     "__version__",
     "broadcast",
@@ -97,7 +97,6 @@ __all__ = [
     "column",
     "create",
     "eps_from_x0",
-    "fit_network",
     "guided_predict",
     "hookimpl",
     "load_image",

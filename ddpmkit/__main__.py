@@ -2,6 +2,6 @@
 
 import sys
 
-from ddpmkit.cli import main
+from ddpmkit.app.cli import main
 
 sys.exit(main())

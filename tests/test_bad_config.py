@@ -10,8 +10,9 @@ import pytest
 import torch
 
 import ddpmkit
-from ddpmkit import Guidance, Prediction, registry
-from ddpmkit.cli import main
+from ddpmkit import Guidance, Prediction
+from ddpmkit.app.cli import main
+from ddpmkit.core import registry
 
 DDIM = 'type = "ddim"\nsteps = 4'
 

@@ -21,11 +21,12 @@ from ddpmkit import (
     DdpmkitError,
     DiffusionModel,
     StageContext,
-    registry,
 )
-from ddpmkit.cli import main
-from ddpmkit.config import load_config
-from ddpmkit.pipeline import Pipeline
+from ddpmkit.app.cli import main
+from ddpmkit.app.config import load_config
+from ddpmkit.app.pipeline import Pipeline
+from ddpmkit.app.stages import fit_network
+from ddpmkit.core import registry
 from ddpmkit.testing import ReferenceImages, reference_model
 from ddpmkit_conditioning import ClassifierGuidance
 from ddpmkit_conditioning.classifier import ACCURACY_FILE
@@ -304,7 +305,7 @@ def test_the_guidance_refuses_a_folder_without_a_classifier(tmp_path: Path) -> N
         "other", other, reference_model(), ReferenceImages(), torch.device("cpu"), 0, False
     )
     network = nn.Linear(1, 1)
-    ddpmkit.fit_network(
+    fit_network(
         network, lambda b, g: (network.weight.sum(), {}), context, steps=1, batch_size=2, lr=0.1
     )
     with pytest.raises(DdpmkitError, match="did not train a classifier"):

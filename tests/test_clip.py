@@ -211,7 +211,7 @@ CLIP_RUN = (
 
 
 def test_a_run_with_a_clip_stage_and_two_guidances(write_pipeline, tmp_path: Path) -> None:
-    from ddpmkit.cli import main
+    from ddpmkit.app.cli import main
 
     assert main(["run", str(write_pipeline(*CLIP_RUN)), "--quiet"]) == 0
     (run,) = (tmp_path / "runs").iterdir()
@@ -225,7 +225,7 @@ def test_a_run_with_a_clip_stage_and_two_guidances(write_pipeline, tmp_path: Pat
 def test_ddpmkit_eval_reattaches_the_runs_clip(write_pipeline, tmp_path: Path) -> None:
     """`ddpmkit eval` of a finished run loads the noised CLIP its stage left in the run folder
     and reads the guided samples back against the prompts."""
-    from ddpmkit.cli import main
+    from ddpmkit.app.cli import main
 
     path = write_pipeline(*CLIP_RUN)
     assert main(["run", str(path), "--quiet"]) == 0
@@ -237,8 +237,8 @@ def test_ddpmkit_eval_reattaches_the_runs_clip(write_pipeline, tmp_path: Path) -
 
 
 def test_bad_clip_config_names_the_key(write_pipeline) -> None:
-    from ddpmkit.config import load_config
-    from ddpmkit.pipeline import Pipeline
+    from ddpmkit.app.config import load_config
+    from ddpmkit.app.pipeline import Pipeline
 
     nope = [
         (CLIP_RUN[0][0], CLIP_RUN[0][1]),

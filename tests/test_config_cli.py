@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from ddpmkit.cli import main
-from ddpmkit.config import apply_overrides, load_config
+from ddpmkit.app.cli import main
+from ddpmkit.app.config import apply_overrides, load_config
 
 
 def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:

@@ -13,9 +13,10 @@ import torch
 from PIL import Image
 
 import ddpmkit_jsonl
-from ddpmkit import RunInfo, StageContext, registry
-from ddpmkit.errors import PluginError
-from ddpmkit.model import DiffusionModel
+from ddpmkit import RunInfo, StageContext
+from ddpmkit.core import registry
+from ddpmkit.core.errors import PluginError
+from ddpmkit.core.model import DiffusionModel
 from ddpmkit.testing import (
     ConditionerContract,
     DatasetContract,

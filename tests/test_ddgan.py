@@ -9,8 +9,8 @@ import torch
 
 import ddpmkit
 from ddpmkit import ConfigError, DiffusionModel, Params
-from ddpmkit.checkpoint import load_checkpoint
-from ddpmkit.cli import main
+from ddpmkit.app.cli import main
+from ddpmkit.core.checkpoint import load_checkpoint
 from ddpmkit_ddgan import real_pair
 
 # DDGAN's own T = 4 schedule: beta from the VP SDE (beta_min 0.1, beta_max 20), Xiao et al.
@@ -71,7 +71,7 @@ def exact_model(request: pytest.FixtureRequest) -> DiffusionModel:
             backbone={"type": "exact-posterior"},
         )
     finally:
-        ddpmkit.registry.unregister("denoiser", "exact-posterior")
+        ddpmkit.core.registry.unregister("denoiser", "exact-posterior")
     return DiffusionModel(
         schedule,
         generator,

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import ddpmkit
-from ddpmkit.errors import ConfigError
+from ddpmkit.core.errors import ConfigError
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -136,8 +136,8 @@ def test_heads_of_different_sizes_are_refused() -> None:
 def test_export_of_a_trained_model_samples_the_same_in_ddpmpipeline(
     denoiser: str, write_pipeline: Callable[..., Path], tmp_path: Path
 ) -> None:
-    from ddpmkit.cli import main
-    from ddpmkit.pipeline import load_model_from_checkpoint
+    from ddpmkit.app.cli import main
+    from ddpmkit.app.pipeline import load_model_from_checkpoint
     from ddpmkit_diffusers import export_pipeline
 
     replacements = [] if denoiser == "unet" else [(UNET_SECTION, DIFFUSERS_DENOISER)]

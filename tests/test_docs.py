@@ -10,16 +10,17 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from ddpmkit import docgen, hookspecs, registry
-from ddpmkit.config import PipelineConfig
-from ddpmkit.errors import PluginError
+from ddpmkit.app.config import PipelineConfig
+from ddpmkit.core import hookspecs, registry
+from ddpmkit.core.errors import PluginError
+from ddpmkit.tools import docgen
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_cli_reference_is_current() -> None:
     assert (ROOT / "docs" / "cli.md").read_text() == docgen.cli_page(), (
-        "docs/cli.md is stale: run `python -m ddpmkit.docgen`"
+        "docs/cli.md is stale: run `python -m ddpmkit.tools.docgen`"
     )
 
 
@@ -34,11 +35,11 @@ def test_components_reference_is_current() -> None:
     pages = docgen.component_pages()
     folder = ROOT / "docs" / "components"
     assert {p.name for p in folder.glob("*.md")} == set(pages), (
-        "docs/components/ has stale or missing pages: run `python -m ddpmkit.docgen`"
+        "docs/components/ has stale or missing pages: run `python -m ddpmkit.tools.docgen`"
     )
     for name, text in pages.items():
         assert (folder / name).read_text() == text, (
-            f"docs/components/{name} is stale: run `python -m ddpmkit.docgen`"
+            f"docs/components/{name} is stale: run `python -m ddpmkit.tools.docgen`"
         )
     # one page per bundled component, and the index links each
     bundled = [(k, n) for k in registry.KIND_GROUPS for n in docgen.bundled_names(k)]

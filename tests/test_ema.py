@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ddpmkit.train import EMA
+from ddpmkit.app.train import EMA
 
 
 def closed_form(start: torch.Tensor, values: list[torch.Tensor], d: float) -> torch.Tensor:

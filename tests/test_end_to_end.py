@@ -14,10 +14,10 @@ import torch
 from PIL import Image
 
 import ddpmkit
-from ddpmkit.checkpoint import list_checkpoints, load_checkpoint
-from ddpmkit.cli import main
-from ddpmkit.hooks import plugin_manager
-from ddpmkit.pipeline import load_model_from_checkpoint
+from ddpmkit.app.cli import main
+from ddpmkit.app.pipeline import load_model_from_checkpoint
+from ddpmkit.core.checkpoint import list_checkpoints, load_checkpoint
+from ddpmkit.core.hooks import plugin_manager
 
 
 class Recorder:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ddpmkit.cli import main
+from ddpmkit.app.cli import main
 
 EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "examples").glob("*.toml"))
 

@@ -20,10 +20,10 @@ from typing import Any
 import pytest
 import torch
 
-from ddpmkit import checkpoint as checkpoint_module
-from ddpmkit.checkpoint import list_checkpoints, load_checkpoint
-from ddpmkit.cli import main
-from ddpmkit.model import DiffusionModel
+from ddpmkit.app.cli import main
+from ddpmkit.core import checkpoint as checkpoint_module
+from ddpmkit.core.checkpoint import list_checkpoints, load_checkpoint
+from ddpmkit.core.model import DiffusionModel
 
 
 def _files(folder: Path) -> list[str]:
@@ -160,8 +160,8 @@ SLOW_DISK = """
 import os, sys, time
 from pathlib import Path
 from safetensors.torch import save
-import ddpmkit.checkpoint
-from ddpmkit.cli import main
+import ddpmkit.core.checkpoint
+from ddpmkit.app.cli import main
 
 def slow_save_file(tensors, filename, metadata=None):
     data = save(tensors, metadata=metadata)
@@ -174,7 +174,7 @@ def slow_save_file(tensors, filename, metadata=None):
             time.sleep(0.02)
     marker.unlink()
 
-ddpmkit.checkpoint.save_file = slow_save_file
+ddpmkit.core.checkpoint.save_file = slow_save_file
 sys.exit(main(sys.argv[1:]))
 """
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from ddpmkit.cli import main
-from ddpmkit.figures import radial_power_spectrum
+from ddpmkit.app.cli import main
+from ddpmkit.tools.figures import radial_power_spectrum
 
 
 def test_white_noise_has_a_flat_spectrum() -> None:

@@ -22,10 +22,10 @@ from conftest import TINY  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from ddpmkit import registry  # noqa: E402
-from ddpmkit.config import load_config, validate_config  # noqa: E402
-from ddpmkit.errors import ConfigError, DataError  # noqa: E402
-from ddpmkit.pipeline import Pipeline  # noqa: E402
+from ddpmkit.app.config import load_config, validate_config  # noqa: E402
+from ddpmkit.app.pipeline import Pipeline  # noqa: E402
+from ddpmkit.core import registry  # noqa: E402
+from ddpmkit.core.errors import ConfigError, DataError  # noqa: E402
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -119,9 +119,9 @@ def test_pipeline_trains_and_samples_a_class_conditional_model(write_pipeline, t
     samples back against their labels (adherence)."""
     import json
 
-    from ddpmkit.cli import main
-    from ddpmkit.config import load_config
-    from ddpmkit.pipeline import Pipeline
+    from ddpmkit.app.cli import main
+    from ddpmkit.app.config import load_config
+    from ddpmkit.app.pipeline import Pipeline
 
     path = write_pipeline(*COND)
     text = path.read_text()
@@ -140,9 +140,9 @@ def test_pipeline_trains_and_samples_a_class_conditional_model(write_pipeline, t
 
 
 def test_condition_dropout_replaces_labels_by_the_null(write_pipeline) -> None:
-    from ddpmkit.config import load_config
-    from ddpmkit.pipeline import Pipeline
-    from ddpmkit.train import Trainer
+    from ddpmkit.app.config import load_config
+    from ddpmkit.app.pipeline import Pipeline
+    from ddpmkit.app.train import Trainer
 
     pipeline = Pipeline.build(load_config(write_pipeline(*COND)))
     assert pipeline.config.train is not None
@@ -159,7 +159,7 @@ def test_condition_dropout_replaces_labels_by_the_null(write_pipeline) -> None:
 
 
 def test_pipeline_refuses_mismatched_classes(write_pipeline, capsys) -> None:
-    from ddpmkit.cli import main
+    from ddpmkit.app.cli import main
 
     path = write_pipeline(
         ("[denoiser]", '[conditioner]\ntype = "class"\nnum_classes = 3\n\n[denoiser]')
@@ -173,8 +173,8 @@ def test_eval_adherence_compares_samples_with_their_labels(
 ) -> None:
     """With samples replaced by data images of the asked shapes, adherence is exactly 1; with
     images of another shape it is exactly 0 (the wiring labels -> attributes -> reader)."""
-    from ddpmkit.config import load_config
-    from ddpmkit.pipeline import Pipeline
+    from ddpmkit.app.config import load_config
+    from ddpmkit.app.pipeline import Pipeline
 
     path = write_pipeline(*COND)
     path.write_text(

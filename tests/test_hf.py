@@ -13,7 +13,8 @@ import pytest
 import torch
 
 import ddpmkit
-from ddpmkit import ConfigError, registry
+from ddpmkit import ConfigError
+from ddpmkit.core import registry
 
 transformers = pytest.importorskip("transformers")
 
@@ -67,8 +68,8 @@ def test_hf_text_and_hf_clip_in_a_run(bert: Path, clip: Path, write_pipeline, tm
     weights in the final checkpoint are the saved ones), and the guided samples are drawn."""
     from safetensors.torch import load_file
 
-    from ddpmkit.checkpoint import list_checkpoints
-    from ddpmkit.cli import main
+    from ddpmkit.app.cli import main
+    from ddpmkit.core.checkpoint import list_checkpoints
 
     section = f'[conditioner]\ntype = "hf-text"\npath = "{bert}"\nmax_length = 8\n\n[denoiser]'
     guidance = (

@@ -219,9 +219,9 @@ def test_pipeline_trains_and_samples_a_mask_conditioned_model(write_pipeline, tm
     """The example's shape through ``ddpmkit run``: the U-Net is built with the data's 3 + 1
     conditioning channels, training draws masks and drops conditions, sampling completes the
     data table's images, classifier-free guidance mixes in the null condition."""
-    from ddpmkit.cli import main
-    from ddpmkit.config import load_config
-    from ddpmkit.pipeline import Pipeline
+    from ddpmkit.app.cli import main
+    from ddpmkit.app.config import load_config
+    from ddpmkit.app.pipeline import Pipeline
 
     path = write_pipeline(*GLIDE)
     path.write_text(path.read_text() + '\n[sample.guidance]\ntype = "classifier-free"\n')
@@ -236,9 +236,9 @@ def test_pipeline_trains_and_samples_a_mask_conditioned_model(write_pipeline, tm
 
 
 def test_condition_dropout_gives_the_image_conditioners_null(write_pipeline) -> None:
-    from ddpmkit.config import load_config
-    from ddpmkit.pipeline import Pipeline
-    from ddpmkit.train import Trainer
+    from ddpmkit.app.config import load_config
+    from ddpmkit.app.pipeline import Pipeline
+    from ddpmkit.app.train import Trainer
 
     pipeline = Pipeline.build(load_config(write_pipeline(*GLIDE)))
     assert pipeline.config.train is not None
@@ -248,7 +248,7 @@ def test_condition_dropout_gives_the_image_conditioners_null(write_pipeline) -> 
 
 
 def test_sampling_an_image_conditioner_without_data_is_refused(write_pipeline, capsys) -> None:
-    from ddpmkit.cli import main
+    from ddpmkit.app.cli import main
 
     path = write_pipeline(("[denoiser]", '[conditioner]\ntype = "image"\n\n[denoiser]'))
     assert main(["validate", str(path)]) == 2
@@ -259,9 +259,9 @@ def test_sampling_an_image_conditioner_without_data_is_refused(write_pipeline, c
 def test_pipeline_trains_and_samples_a_super_resolution_model(write_pipeline, tmp_path) -> None:
     """A 4 -> 8 super-resolution model through ``ddpmkit run``: the data averaged down in
     training, the data table's images at sampling, the level embedding in the U-Net."""
-    from ddpmkit.cli import main
-    from ddpmkit.config import load_config
-    from ddpmkit.pipeline import Pipeline
+    from ddpmkit.app.cli import main
+    from ddpmkit.app.config import load_config
+    from ddpmkit.app.pipeline import Pipeline
 
     path = write_pipeline(
         (
@@ -342,9 +342,9 @@ def test_cascade_samples_the_super_resolution_model_on_the_base_stages_samples(t
     """The example's shape through ``ddpmkit run``: the ``diffusion`` stage trains and samples
     the 8x8 base model into stages/base/, and the 16x16 model samples one image per base
     sample, conditioned on exactly those images."""
-    from ddpmkit.cli import main
-    from ddpmkit.config import load_config
-    from ddpmkit.pipeline import Pipeline
+    from ddpmkit.app.cli import main
+    from ddpmkit.app.config import load_config
+    from ddpmkit.app.pipeline import Pipeline
     from ddpmkit_conditioning.cascade import load_stage_samples
 
     path = tmp_path / "cascade.toml"
@@ -360,7 +360,7 @@ def test_cascade_samples_the_super_resolution_model_on_the_base_stages_samples(t
 
 
 def test_cascade_config_errors_name_the_key(tmp_path, capsys) -> None:
-    from ddpmkit.cli import main
+    from ddpmkit.app.cli import main
 
     path = tmp_path / "cascade.toml"
     for old, new, message in (
@@ -376,9 +376,9 @@ def test_cascade_config_errors_name_the_key(tmp_path, capsys) -> None:
 
 def test_the_base_pipeline_keeps_the_files_plugin_policy(tmp_path) -> None:
     """Building the stage's own pipeline must not reset the outer file's [plugins] table."""
-    from ddpmkit import plugin_policy
-    from ddpmkit.config import load_config
-    from ddpmkit.pipeline import Pipeline
+    from ddpmkit.app.config import load_config
+    from ddpmkit.app.pipeline import Pipeline
+    from ddpmkit.core import plugin_policy
 
     path = tmp_path / "cascade.toml"
     text = CASCADE.replace("{runs}", str(tmp_path / "runs"))
@@ -393,8 +393,8 @@ def test_the_base_pipeline_keeps_the_files_plugin_policy(tmp_path) -> None:
 def test_a_resumed_run_draws_the_masks_an_uninterrupted_one_draws(write_pipeline, tmp_path) -> None:
     """6 steps at once equal 4, stop, resume to 6: the mask draws continue from the count in
     the checkpoint, so the weights (and the count itself) are the same to the bit."""
-    from ddpmkit.checkpoint import load_checkpoint
-    from ddpmkit.cli import main
+    from ddpmkit.app.cli import main
+    from ddpmkit.core.checkpoint import load_checkpoint
 
     path = write_pipeline(*GLIDE)
     once, split = ["--set", "output.name='once'"], ["--set", "output.name='split'"]

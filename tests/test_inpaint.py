@@ -89,7 +89,7 @@ def model() -> DiffusionModel:
         variance=ddpmkit.create("variance", "fixed-small"),
         decoder="gaussian",
     )
-    ddpmkit.registry.unregister("dataset", "gaussian-pairs")
+    ddpmkit.core.registry.unregister("dataset", "gaussian-pairs")
 
 
 def complete(model: DiffusionModel, resample: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,8 +9,8 @@ import torch
 
 import ddpmkit
 from ddpmkit import ConfigError, DiffusionModel
-from ddpmkit.cli import main
-from ddpmkit.pipeline import load_model_from_checkpoint
+from ddpmkit.app.cli import main
+from ddpmkit.app.pipeline import load_model_from_checkpoint
 
 D = 2  # data dimensions
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from ddpmkit.metrics import mmd, sliced_wasserstein, wasserstein_1d
+from ddpmkit.app.metrics import mmd, sliced_wasserstein, wasserstein_1d
 
 
 def gen(seed: int) -> torch.Generator:

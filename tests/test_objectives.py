@@ -11,7 +11,7 @@ from torch import nn
 
 import ddpmkit
 from ddpmkit import Conditioning, Denoiser, DiffusionModel
-from ddpmkit.likelihood import discretized_gaussian_log_likelihood, normal_kl
+from ddpmkit.core.likelihood import discretized_gaussian_log_likelihood, normal_kl
 
 MU, S = 0.3, 0.5  # 1D data x0 ~ N(MU, S^2)
 

@@ -16,7 +16,7 @@ import torch
 
 import ddpmkit
 from ddpmkit import DiffusionModel, SamplerStep
-from ddpmkit.metrics import sliced_wasserstein
+from ddpmkit.app.metrics import sliced_wasserstein
 from ddpmkit_toy import GMMOracle
 
 MIX = {

@@ -11,9 +11,9 @@ import pytest
 from test_registry import make_distribution
 
 import ddpmkit
-from ddpmkit import hooks, registry
-from ddpmkit.cli import main
-from ddpmkit.hooks import plugin_manager
+from ddpmkit.app.cli import main
+from ddpmkit.core import hooks, registry
+from ddpmkit.core.hooks import plugin_manager
 
 EXPLODING = """
     import ddpmkit_toy

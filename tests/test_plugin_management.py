@@ -15,9 +15,9 @@ import pytest
 from test_registry import SCHEDULE_SOURCE, make_distribution
 
 import ddpmkit
-from ddpmkit import hooks, plugin_policy, registry
-from ddpmkit.cli import main
-from ddpmkit.errors import IncompatiblePluginError, PluginError
+from ddpmkit.app.cli import main
+from ddpmkit.core import hooks, plugin_policy, registry
+from ddpmkit.core.errors import IncompatiblePluginError, PluginError
 
 API = 'DDPMKIT_PLUGIN_API = "{}"\n'
 
@@ -212,8 +212,8 @@ def test_sample_guidance_section_wraps_the_samplers_predictions(
     prediction (a guidance adding 0.5 to x0 moves the samples up), and config.json records it."""
     from pydantic import Field
 
-    from ddpmkit.config import load_config
-    from ddpmkit.pipeline import Pipeline
+    from ddpmkit.app.config import load_config
+    from ddpmkit.app.pipeline import Pipeline
 
     @ddpmkit.register("guidance", "shift-x0")
     class ShiftX0(ddpmkit.Guidance):

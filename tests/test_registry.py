@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import ddpmkit
-from ddpmkit import registry
-from ddpmkit.errors import ConfigError, PluginError
+from ddpmkit.core import registry
+from ddpmkit.core.errors import ConfigError, PluginError
 
 
 def make_distribution(
@@ -178,7 +178,7 @@ HOOK_SOURCE = """
 def test_hook_plugin_with_a_wrong_signature_is_reported_not_fatal(
     site: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from ddpmkit import hooks
+    from ddpmkit.core import hooks
 
     make_distribution(
         site,

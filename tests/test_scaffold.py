@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from ddpmkit import registry
-from ddpmkit.cli import main
-from ddpmkit.config import tomllib
+from ddpmkit.app.cli import main
+from ddpmkit.app.config import tomllib
+from ddpmkit.core import registry
 
 
 @pytest.fixture

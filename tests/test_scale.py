@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from ddpmkit import ConfigError, DiffusionModel, create
-from ddpmkit.checkpoint import load_checkpoint
-from ddpmkit.cli import main
-from ddpmkit.config import TrainConfig, load_config
-from ddpmkit.distributed import DistContext, device_name, digest
-from ddpmkit.pipeline import Pipeline
-from ddpmkit.train import Trainer
+from ddpmkit.app.cli import main
+from ddpmkit.app.config import TrainConfig, load_config
+from ddpmkit.app.distributed import DistContext, device_name, digest
+from ddpmkit.app.pipeline import Pipeline
+from ddpmkit.app.train import Trainer
+from ddpmkit.core.checkpoint import load_checkpoint
 
 TRAIN_ONLY = """
 seed = 3

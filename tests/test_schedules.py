@@ -209,7 +209,7 @@ def test_zero_terminal_snr_refuses_eps(name: str) -> None:
 
 def test_zero_terminal_snr_eps_pipeline_fails_validation(write_pipeline, capsys) -> None:
     """`ddpmkit validate` names the problem before any work (exit 2, no traceback)."""
-    from ddpmkit.cli import main
+    from ddpmkit.app.cli import main
 
     path = write_pipeline(
         ("timesteps = 40\n", "timesteps = 40\nzero_terminal_snr = true\n"),

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import ddpmkit
-from ddpmkit.cli import main
-from ddpmkit.evaluate import attribute_adherence, attribute_diversity
+from ddpmkit.app.cli import main
+from ddpmkit.app.evaluate import attribute_adherence, attribute_diversity
 from ddpmkit_datasets.reader import read_shape
 
 

@@ -15,9 +15,10 @@ from pydantic import Field
 from torch import nn
 
 import ddpmkit
-from ddpmkit import Batch, Params, Prediction, StageContext, registry
-from ddpmkit.cli import main
-from ddpmkit.stages import DONE_FILE, WEIGHTS_FILE
+from ddpmkit import Batch, Params, Prediction, StageContext
+from ddpmkit.app.cli import main
+from ddpmkit.app.stages import DONE_FILE, WEIGHTS_FILE, fit_network
+from ddpmkit.core import registry
 from ddpmkit.testing import ReferenceImages, StageContract
 
 
@@ -52,7 +53,7 @@ class MeanStage(ddpmkit.Stage):
         def loss(batch: Batch, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
             return ((network.image - batch.images) ** 2).mean(), {}
 
-        ddpmkit.fit_network(
+        fit_network(
             network,
             loss,
             context,

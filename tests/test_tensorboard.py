@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ddpmkit.cli import main
+from ddpmkit.app.cli import main
 
 pytest.importorskip("tensorboard")
 

@@ -167,7 +167,7 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         str(folder / "pytest.ini"),
     ]
     pytest.main(args, plugins=[recorder])
-    from ddpmkit import registry
+    from ddpmkit.core import registry
 
     for kind, name in [
         ("parameterization", "kit-good-eps"),
@@ -230,7 +230,7 @@ def test_conditioners_null_condition_must_match_its_dims(outcomes: dict[str, str
 
 
 def test_params_round_trip_through_toml_writer() -> None:
-    from ddpmkit.config import tomllib
+    from ddpmkit.app.config import tomllib
     from ddpmkit.testing import dumps_toml
 
     data = {

@@ -113,8 +113,8 @@ TEXT = (
 
 
 def test_pipeline_fills_the_vocabulary_and_cycles_prompts(write_pipeline) -> None:
-    from ddpmkit.config import load_config
-    from ddpmkit.pipeline import Pipeline
+    from ddpmkit.app.config import load_config
+    from ddpmkit.app.pipeline import Pipeline
 
     path = write_pipeline(*TEXT, ("[sample]\n", '[sample]\nprompts = ["a red circle", "a"]\n'))
     pipeline = Pipeline.build(load_config(path))
@@ -130,8 +130,8 @@ def test_pipeline_fills_the_vocabulary_and_cycles_prompts(write_pipeline) -> Non
 
 
 def test_prompts_need_a_text_conditioner(write_pipeline) -> None:
-    from ddpmkit.config import load_config
-    from ddpmkit.pipeline import Pipeline
+    from ddpmkit.app.config import load_config
+    from ddpmkit.app.pipeline import Pipeline
 
     prompts = ("[sample]\n", '[sample]\nprompts = ["a red circle"]\n')
     with pytest.raises(ConfigError, match="sample.prompts needs a"):
@@ -147,7 +147,7 @@ def test_prompts_need_a_text_conditioner(write_pipeline) -> None:
 def test_a_text_conditional_run_reports_adherence_per_attribute(write_pipeline, tmp_path):
     """A tiny run: text conditioner, condition dropout, classifier-free guidance given as an
     array of tables, prompts, and eval adherence read against each prompt's attributes."""
-    from ddpmkit.cli import main
+    from ddpmkit.app.cli import main
 
     guidance = '[[sample.guidance]]\ntype = "classifier-free"\nscale = 1.5\n\n[eval]'
     path = write_pipeline(

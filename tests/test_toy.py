@@ -12,7 +12,7 @@ from PIL import Image
 
 import ddpmkit
 from ddpmkit import Conditioning, ConfigError, DiffusionModel
-from ddpmkit.images import save_scatter
+from ddpmkit.core.images import save_scatter
 from ddpmkit_toy import GaussianMixture, GMMOracle, VectorDataset
 
 MU = [0.4, -0.3]

@@ -12,10 +12,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from ddpmkit.checkpoint import load_checkpoint
-from ddpmkit.cli import main
-from ddpmkit.errors import DdpmkitError
-from ddpmkit.fingerprint import config_hash, differences
+from ddpmkit.app.cli import main
+from ddpmkit.app.fingerprint import config_hash, differences
+from ddpmkit.core.checkpoint import load_checkpoint
+from ddpmkit.core.errors import DdpmkitError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -130,7 +130,7 @@ def test_resume_refuses_a_checkpoint_of_a_different_model(
 
 
 def test_an_edited_config_hash_is_refused(pipeline_file: Path, tmp_path: Path) -> None:
-    from ddpmkit.pipeline import load_model_from_checkpoint
+    from ddpmkit.app.pipeline import load_model_from_checkpoint
 
     assert main(["run", str(pipeline_file), "--quiet", "--set", "train.steps=1"]) == 0
     checkpoint = tmp_path / "runs" / "tiny" / "checkpoints" / "step-0000001.safetensors"

@@ -19,9 +19,9 @@ import pluggy
 import pytest
 import torch
 
-from ddpmkit import hookspecs, plugin_policy, registry
-from ddpmkit.errors import ConfigError
-from ddpmkit.interfaces import (
+from ddpmkit.core import hookspecs, plugin_policy, registry
+from ddpmkit.core.errors import ConfigError
+from ddpmkit.core.interfaces import (
     Conditioner,
     Conditioning,
     Dataset,
@@ -38,8 +38,8 @@ from ddpmkit.interfaces import (
     StageContext,
     TrainingObjective,
 )
-from ddpmkit.model import DiffusionModel
-from ddpmkit.runinfo import RunInfo
+from ddpmkit.core.model import DiffusionModel
+from ddpmkit.core.runinfo import RunInfo
 from ddpmkit.testing.reference import (
     GaussianDenoiser,
     IdentityGuidance,

@@ -11,8 +11,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ddpmkit import registry
-from ddpmkit.interfaces import (
+from ddpmkit.core import registry
+from ddpmkit.core.interfaces import (
     Conditioning,
     Dataset,
     Denoiser,
@@ -24,7 +24,7 @@ from ddpmkit.interfaces import (
     Prediction,
     ReverseVariance,
 )
-from ddpmkit.model import DiffusionModel, eps_from_x0
+from ddpmkit.core.model import DiffusionModel, eps_from_x0
 
 REFERENCE_T = 20
 DATA_STD = 0.5

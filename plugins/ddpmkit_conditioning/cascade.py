@@ -11,18 +11,20 @@ from pydantic import Field, field_serializer
 from safetensors.torch import save_file
 
 from ddpmkit import (
-    ComponentConfig,
     ConfigError,
     DataError,
     DiffusionModel,
     Params,
+    Stage,
+    StageContext,
+    save_grid,
+)
+from ddpmkit.app import (  # TODO(issue 16): via the stage context
+    ComponentConfig,
     Pipeline,
     PipelineConfig,
     SampleConfig,
-    Stage,
-    StageContext,
     TrainConfig,
-    save_grid,
 )
 
 SAMPLES_FILE = "samples.safetensors"

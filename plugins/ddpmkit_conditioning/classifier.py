@@ -28,12 +28,12 @@ from ddpmkit import (
     Prediction,
     Stage,
     StageContext,
-    fit_network,
     load_network,
     network_metadata,
     noised_batch,
     randn_like,
 )
+from ddpmkit.app.stages import fit_network  # TODO(issue 16): via the stage context
 from ddpmkit_conditioning.classifier_net import ClassifierNet, ClassifierNetParams, ClassifierShape
 from ddpmkit_conditioning.score import SCORE_FORMS, ScoreForm, input_gradient
 

@@ -18,10 +18,10 @@ from ddpmkit import (
     Params,
     Stage,
     StageContext,
-    fit_network,
     load_network,
     noised_batch,
 )
+from ddpmkit.app.stages import fit_network  # TODO(issue 16): via the stage context
 from ddpmkit_conditioning.clip.model import NoisedClip
 
 CONFIG_FILE = "clip.json"

@@ -9,40 +9,22 @@ import shutil
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ddpmkit.checkpoint import load_checkpoint, save_checkpoint
-from ddpmkit.errors import DdpmkitError
-from ddpmkit.interfaces import Batch, Dataset, Stage, StageContext
-from ddpmkit.model import DiffusionModel, randn_like
-from ddpmkit.train import batch_indices
+from ddpmkit.app.train import batch_indices
+from ddpmkit.core.checkpoint import WEIGHTS_FILE, save_checkpoint
+from ddpmkit.core.errors import DdpmkitError
+from ddpmkit.core.interfaces import Batch, Dataset, Stage, StageContext
+from ddpmkit.core.model import DiffusionModel
 
 DONE_FILE = "stage.json"
 """Written into a stage's folder when its :meth:`~ddpmkit.Stage.run` returned."""
 
-WEIGHTS_FILE = "model.safetensors"
-"""Where :func:`fit_network` writes the network it trained, in the stage's folder."""
-
 StageLoss = Callable[[Batch, torch.Generator], tuple[torch.Tensor, dict[str, float]]]
 """``(batch, generator) -> (scalar loss, numbers to log)``: one training step's loss."""
-
-
-def noised_batch(
-    model: DiffusionModel, x_0: torch.Tensor, generator: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(x_t, t)``: t ~ U{0, ..., T-1} and x_t ~ q(x_t | x_0) on ``model``'s schedule (Ho et
-    al. 2020, Algorithm 1, lines 3-5), drawn from ``generator``: what a noise-aware network
-    (a classifier, a noised CLIP) trains on."""
-    # t ~ Uniform({0, ..., T-1}), on the generator's device, then moved
-    t = torch.randint(0, model.T, (x_0.shape[0],), generator=generator).to(x_0.device)
-    # x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, eps ~ N(0, I)
-    with torch.no_grad():
-        x_t = model.q_sample(x_0, t, randn_like(x_0, generator))
-    return x_t, t
 
 
 def stage_directories(run: Path, names: Mapping[str, object] | list[str]) -> dict[str, Path]:
@@ -100,7 +82,7 @@ def fit_network(
 
     Shows step, loss, it/s and ETA; every ``log_every`` steps appends the mean of the logged
     numbers to the stage's ``metrics.jsonl``. The data order is
-    :func:`~ddpmkit.train.batch_indices` of the stage's seed and the noise comes from one
+    :func:`~ddpmkit.app.train.batch_indices` of the stage's seed and the noise comes from one
     generator seeded with it, so the same seed trains the same network.
     """
     network.to(context.device).train()
@@ -139,30 +121,3 @@ def fit_network(
     return save_checkpoint(
         context.directory / WEIGHTS_FILE, network.state_dict(), dict(metadata or {}, steps=steps)
     )
-
-
-def network_metadata(folder: Path, *, what: str) -> dict[str, Any]:
-    """The ``metadata`` :func:`fit_network` saved with the weights in ``folder`` (with
-    ``steps``): what a user of the weights needs to rebuild the network before
-    :func:`load_network`; ``what`` names the user in the error of a missing file."""
-    path = folder / WEIGHTS_FILE
-    if not path.is_file():
-        raise DdpmkitError(f"{what}: {path} does not exist (has its stage run?)")
-    return load_checkpoint(path)[1]
-
-
-def load_network(network: nn.Module, folder: Path, *, what: str) -> nn.Module:
-    """Load the weights :func:`fit_network` saved in ``folder`` into ``network`` (eval mode,
-    no gradients); ``what`` names the user of the weights in the error of a missing or
-    mismatched file."""
-    path = folder / WEIGHTS_FILE
-    if not path.is_file():
-        raise DdpmkitError(f"{what}: {path} does not exist (has its stage run?)")
-    tensors, _ = load_checkpoint(path)
-    try:
-        network.load_state_dict(tensors)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise DdpmkitError(f"{what}: {path} does not fit the network: {first}") from exc
-    network.requires_grad_(False)
-    return network.eval()

@@ -27,7 +27,7 @@ from types import ModuleType
 
 import attrs
 
-from ddpmkit.errors import IncompatiblePluginError
+from ddpmkit.core.errors import IncompatiblePluginError
 
 PLUGIN_API_VERSION = "1.0"
 """The plugin API this ddpmkit provides; a plugin declares the one it was written for as

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ddpmkit.runinfo import RunInfo
+    from ddpmkit.core.runinfo import RunInfo
 
 PROJECT = "ddpmkit"
 hookspec = pluggy.HookspecMarker(PROJECT)

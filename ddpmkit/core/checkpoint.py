@@ -12,10 +12,13 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from ddpmkit.errors import DdpmkitError
+from ddpmkit.core.errors import DdpmkitError
 
 FORMAT = "ddpmkit-checkpoint"
 FORMAT_VERSION = "1"
+WEIGHTS_FILE = "model.safetensors"
+"""Where a stage's training loop writes the network it trained, in the stage's folder."""
+
 _STEP_FILE = re.compile(r"^step-(\d+)\.safetensors$")
 
 
@@ -130,3 +133,30 @@ def prune_checkpoints(directory: Path, keep: int) -> None:
     """Delete all but the ``keep`` most recent checkpoints."""
     for _, path in list_checkpoints(directory)[:-keep]:
         path.unlink(missing_ok=True)
+
+
+def network_metadata(folder: Path, *, what: str) -> dict[str, Any]:
+    """The ``metadata`` a stage saved with the weights in ``folder`` (with
+    ``steps``): what a user of the weights needs to rebuild the network before
+    :func:`load_network`; ``what`` names the user in the error of a missing file."""
+    path = folder / WEIGHTS_FILE
+    if not path.is_file():
+        raise DdpmkitError(f"{what}: {path} does not exist (has its stage run?)")
+    return load_checkpoint(path)[1]
+
+
+def load_network(network: torch.nn.Module, folder: Path, *, what: str) -> torch.nn.Module:
+    """Load the weights a stage saved in ``folder`` into ``network`` (eval mode,
+    no gradients); ``what`` names the user of the weights in the error of a missing or
+    mismatched file."""
+    path = folder / WEIGHTS_FILE
+    if not path.is_file():
+        raise DdpmkitError(f"{what}: {path} does not exist (has its stage run?)")
+    tensors, _ = load_checkpoint(path)
+    try:
+        network.load_state_dict(tensors)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise DdpmkitError(f"{what}: {path} does not fit the network: {first}") from exc
+    network.requires_grad_(False)
+    return network.eval()

@@ -11,8 +11,8 @@ from typing import Any, Literal
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ddpmkit.errors import ConfigError
-from ddpmkit.registry import format_validation_error
+from ddpmkit.core.errors import ConfigError
+from ddpmkit.core.registry import format_validation_error
 
 if sys.version_info >= (3, 11):
     import tomllib

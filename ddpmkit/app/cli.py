@@ -11,12 +11,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ddpmkit import __version__, registry
-from ddpmkit.config import PipelineConfig, load_config
-from ddpmkit.errors import DdpmkitError
+from ddpmkit import __version__
+from ddpmkit.app.config import PipelineConfig, load_config
+from ddpmkit.core import registry
+from ddpmkit.core.errors import DdpmkitError
 
 if TYPE_CHECKING:
-    from ddpmkit.distributed import DistContext
+    from ddpmkit.app.distributed import DistContext
 
 EXIT_USER_ERROR = 2
 
@@ -37,7 +38,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Train, sample and write the run folder."""
     import torch
 
-    from ddpmkit import distributed
+    from ddpmkit.app import distributed
 
     dist = distributed.from_environment()
     if args.nproc is not None and dist is None and args.nproc > 1:
@@ -69,7 +70,7 @@ def _torchrun(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, config: PipelineConfig, dist: DistContext | None) -> int:
-    from ddpmkit.pipeline import Pipeline, latest_run_directory
+    from ddpmkit.app.pipeline import Pipeline, latest_run_directory
 
     pipeline = Pipeline.build(config)
     resume = None
@@ -99,9 +100,9 @@ def _run(args: argparse.Namespace, config: PipelineConfig, dist: DistContext | N
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate a trained run: NLL in bits/dim (all T terms) and SWD, into its run folder."""
-    from ddpmkit.checkpoint import list_checkpoints
-    from ddpmkit.config import EvalConfig
-    from ddpmkit.pipeline import Pipeline, latest_run_directory, load_weights
+    from ddpmkit.app.config import EvalConfig
+    from ddpmkit.app.pipeline import Pipeline, latest_run_directory, load_weights
+    from ddpmkit.core.checkpoint import list_checkpoints
 
     config = load_config(args.file, args.overrides)
     if config.eval is None:
@@ -152,9 +153,9 @@ def cmd_plot(args: argparse.Namespace) -> int:
     """Write one of the pictures of the diffusion process as a PNG."""
     import torch
 
-    from ddpmkit import figures
-    from ddpmkit.evaluate import data_batches
-    from ddpmkit.pipeline import Pipeline, latest_run_directory, load_weights
+    from ddpmkit.app.evaluate import data_batches
+    from ddpmkit.app.pipeline import Pipeline, latest_run_directory, load_weights
+    from ddpmkit.tools import figures
 
     out = Path(args.out) if args.out else Path(f"{args.figure}.png")
     if args.figure == "schedules":
@@ -198,7 +199,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """Check the file and every component's params; build the components, run nothing."""
-    from ddpmkit.pipeline import Pipeline
+    from ddpmkit.app.pipeline import Pipeline
 
     config = load_config(args.file, args.overrides)
     Pipeline.build(config)
@@ -208,7 +209,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_plugins(args: argparse.Namespace) -> int:
     """List each plugin distribution, its version, its components by kind and their status."""
-    from ddpmkit.plugin_report import format_report, plugin_report, report_as_data
+    from ddpmkit.app.plugin_report import format_report, plugin_report, report_as_data
 
     reports = plugin_report()
     print(json.dumps(report_as_data(reports), indent=2) if args.json else format_report(reports))
@@ -217,7 +218,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 def cmd_new_plugin(args: argparse.Namespace) -> int:
     """Write a working plugin package (a schedule, a test written with the kit) to a folder."""
-    from ddpmkit.scaffold import write_plugin
+    from ddpmkit.tools.scaffold import write_plugin
 
     folder = write_plugin(args.name, Path(args.directory))
     print(f"wrote {folder}; next: pip install -e {folder} && pytest {folder}")

@@ -10,7 +10,7 @@ from typing import Any, Literal, TypeVar
 import torch
 from torch import nn
 
-from ddpmkit.interfaces import (
+from ddpmkit.core.interfaces import (
     Conditioner,
     Conditioning,
     Denoiser,
@@ -23,7 +23,7 @@ from ddpmkit.interfaces import (
     Prediction,
     ReverseVariance,
 )
-from ddpmkit.likelihood import (
+from ddpmkit.core.likelihood import (
     discretized_gaussian_log_likelihood,
     gaussian_log_likelihood,
     normal_kl,
@@ -587,3 +587,17 @@ def _guided(
     cond: Conditioning | None,
 ) -> Prediction:
     return g.guide(model, inner, x_t, t, cond)
+
+
+def noised_batch(
+    model: DiffusionModel, x_0: torch.Tensor, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x_t, t)``: t ~ U{0, ..., T-1} and x_t ~ q(x_t | x_0) on ``model``'s schedule (Ho et
+    al. 2020, Algorithm 1, lines 3-5), drawn from ``generator``: what a noise-aware network
+    (a classifier, a noised CLIP) trains on."""
+    # t ~ Uniform({0, ..., T-1}), on the generator's device, then moved
+    t = torch.randint(0, model.T, (x_0.shape[0],), generator=generator).to(x_0.device)
+    # x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, eps ~ N(0, I)
+    with torch.no_grad():
+        x_t = model.q_sample(x_0, t, randn_like(x_0, generator))
+    return x_t, t

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ddpmkit.errors import DdpmkitError
+from ddpmkit.core.errors import DdpmkitError
 
 MODEL_SECTIONS = ("schedule", "parameterization", "denoiser")
 """The resolved config sections the weights depend on."""

@@ -8,9 +8,9 @@ from typing import Any, Literal
 
 import attrs
 
-from ddpmkit import plugin_policy, registry
-from ddpmkit.errors import IncompatiblePluginError, PluginError
-from ddpmkit.hooks import hook_plugin_statuses
+from ddpmkit.core import plugin_policy, registry
+from ddpmkit.core.errors import IncompatiblePluginError, PluginError
+from ddpmkit.core.hooks import hook_plugin_statuses
 
 Status = Literal["ok", "failed", "blocked", "incompatible"]
 

@@ -25,10 +25,10 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from ddpmkit.errors import ConfigError
+from ddpmkit.core.errors import ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover - import cycle only for type checkers
-    from ddpmkit.model import DiffusionModel
+    from ddpmkit.core.model import DiffusionModel
 
 
 class Params(BaseModel):

@@ -11,8 +11,8 @@ from typing import Any
 import attrs
 import pluggy
 
-from ddpmkit import hookspecs, plugin_policy
-from ddpmkit.errors import IncompatiblePluginError, PluginError
+from ddpmkit.core import hookspecs, plugin_policy
+from ddpmkit.core.errors import IncompatiblePluginError, PluginError
 
 HOOK_GROUP = "ddpmkit.plugins"
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ddpmkit.errors import DataError
+from ddpmkit.core.errors import DataError
 
 _MODES = {1: "L", 3: "RGB"}
 

@@ -14,8 +14,8 @@ from typing import Any, TypeVar
 import attrs
 import pydantic
 
-from ddpmkit import plugin_policy
-from ddpmkit.errors import ConfigError, PluginError
+from ddpmkit.core import plugin_policy
+from ddpmkit.core.errors import ConfigError, PluginError
 
 KIND_GROUPS: Mapping[str, str] = {
     "schedule": "ddpmkit.schedules",

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import torch
 
-from ddpmkit.images import make_grid
-from ddpmkit.interfaces import NoiseSchedule, SamplerStep
-from ddpmkit.model import DiffusionModel, randn_like
-from ddpmkit.plots import plt, save_figure
+from ddpmkit.core.images import make_grid
+from ddpmkit.core.interfaces import NoiseSchedule, SamplerStep
+from ddpmkit.core.model import DiffusionModel, randn_like
+from ddpmkit.tools.plots import plt, save_figure
 
 
 def plot_schedules(schedules: dict[str, NoiseSchedule], path: Path) -> Path:

@@ -13,9 +13,9 @@ import attrs
 import torch
 from tqdm.auto import tqdm
 
-from ddpmkit.interfaces import Dataset
-from ddpmkit.metrics import sliced_wasserstein
-from ddpmkit.model import DiffusionModel
+from ddpmkit.app.metrics import sliced_wasserstein
+from ddpmkit.core.interfaces import Dataset
+from ddpmkit.core.model import DiffusionModel
 
 
 def data_batches(

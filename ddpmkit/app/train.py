@@ -16,27 +16,27 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ddpmkit import distributed
-from ddpmkit.accel import autocast, channels_last, grad_scaler, prepare_for_training
-from ddpmkit.checkpoint import (
+from ddpmkit.app import distributed
+from ddpmkit.app.accel import autocast, channels_last, grad_scaler, prepare_for_training
+from ddpmkit.app.config import TrainConfig
+from ddpmkit.app.distributed import DistContext
+from ddpmkit.app.fingerprint import check_resume_fits
+from ddpmkit.core.checkpoint import (
     checkpoint_path,
     list_checkpoints,
     load_checkpoint,
     prune_checkpoints,
     save_checkpoint,
 )
-from ddpmkit.config import TrainConfig
-from ddpmkit.distributed import DistContext
-from ddpmkit.errors import ConfigError, DdpmkitError
-from ddpmkit.fingerprint import check_resume_fits
-from ddpmkit.interfaces import (
+from ddpmkit.core.errors import ConfigError, DdpmkitError
+from ddpmkit.core.interfaces import (
     Conditioning,
     Dataset,
     LearnableSchedule,
     LossWeighting,
     TrainingObjective,
 )
-from ddpmkit.model import DiffusionModel
+from ddpmkit.core.model import DiffusionModel
 
 
 class EMA:
@@ -196,7 +196,7 @@ class Trainer:
     saves every ``checkpoint_every`` steps and at the end, and :meth:`resume` restores the
     weights, EMA, optimizer, gradient scaler and random state from the newest checkpoint there.
 
-    With a :class:`~ddpmkit.distributed.DistContext` each rank computes the loss on its shard
+    With a :class:`~ddpmkit.app.distributed.DistContext` each rank computes the loss on its shard
     of every global batch inside ``DistributedDataParallel``; the indices t and the noise are
     drawn for the whole global batch on every rank (one generator, one seed), so the ranks
     together see exactly the examples, t and noise of one process with the same batch size.

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ddpmkit.model import randn
+from ddpmkit.core.model import randn
 
 
 def _points(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,9 +8,9 @@ from typing import Any
 
 import torch
 
-from ddpmkit.config import Precision, TrainConfig
-from ddpmkit.errors import ConfigError
-from ddpmkit.model import DiffusionModel
+from ddpmkit.app.config import Precision, TrainConfig
+from ddpmkit.core.errors import ConfigError
+from ddpmkit.core.model import DiffusionModel
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -14,13 +14,11 @@ import attrs
 import torch
 from tqdm.auto import tqdm
 
-from ddpmkit import distributed, plugin_policy, registry
-from ddpmkit.accel import autocast
-from ddpmkit.checkpoint import list_checkpoints, load_checkpoint
-from ddpmkit.config import ComponentConfig, PipelineConfig, config_to_dict
-from ddpmkit.distributed import DistContext
-from ddpmkit.errors import ConfigError, DdpmkitError
-from ddpmkit.evaluate import (
+from ddpmkit.app import distributed
+from ddpmkit.app.accel import autocast
+from ddpmkit.app.config import ComponentConfig, PipelineConfig, config_to_dict
+from ddpmkit.app.distributed import DistContext
+from ddpmkit.app.evaluate import (
     attribute_adherence_by_key,
     attribute_diversity,
     data_batches,
@@ -28,10 +26,15 @@ from ddpmkit.evaluate import (
     swd_to_data,
     write_eval,
 )
-from ddpmkit.fingerprint import check_checkpoint_fits, config_hash
-from ddpmkit.hooks import GuardedHooks
-from ddpmkit.images import save_grid, save_scatter
-from ddpmkit.interfaces import (
+from ddpmkit.app.fingerprint import check_checkpoint_fits, config_hash
+from ddpmkit.app.stages import run_stages, stage_directories
+from ddpmkit.app.train import Trainer
+from ddpmkit.core import plugin_policy, registry
+from ddpmkit.core.checkpoint import list_checkpoints, load_checkpoint
+from ddpmkit.core.errors import ConfigError, DdpmkitError
+from ddpmkit.core.hooks import GuardedHooks
+from ddpmkit.core.images import save_grid, save_scatter
+from ddpmkit.core.interfaces import (
     Conditioning,
     Dataset,
     Guidance,
@@ -42,11 +45,9 @@ from ddpmkit.interfaces import (
     Stage,
     TrainingObjective,
 )
-from ddpmkit.model import DiffusionModel
-from ddpmkit.plots import plot_vlb_terms
-from ddpmkit.runinfo import RunInfo
-from ddpmkit.stages import run_stages, stage_directories
-from ddpmkit.train import Trainer
+from ddpmkit.core.model import DiffusionModel
+from ddpmkit.core.runinfo import RunInfo
+from ddpmkit.tools.plots import plot_vlb_terms
 
 
 def resolve_device(name: str) -> torch.device:
@@ -795,7 +796,7 @@ def load_weights(
 
 def load_model_from_checkpoint(path: Path, *, use_ema: bool = True) -> DiffusionModel:
     """Rebuild the model a checkpoint was trained with and load its (EMA) weights."""
-    from ddpmkit.config import validate_config
+    from ddpmkit.app.config import validate_config
 
     _, meta = load_checkpoint(path)
     if not isinstance(meta.get("config"), dict):

@@ -16,7 +16,7 @@ import attrs
 import torch
 import torch.distributed as dist
 
-from ddpmkit.errors import ConfigError
+from ddpmkit.core.errors import ConfigError
 
 
 @attrs.frozen

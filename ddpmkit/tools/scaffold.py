@@ -11,8 +11,8 @@ import re
 from pathlib import Path
 
 from ddpmkit import __version__
-from ddpmkit.errors import DdpmkitError
-from ddpmkit.plugin_policy import PLUGIN_API_VERSION
+from ddpmkit.core.errors import DdpmkitError
+from ddpmkit.core.plugin_policy import PLUGIN_API_VERSION
 
 _NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 

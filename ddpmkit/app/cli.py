@@ -9,7 +9,7 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ddpmkit import __version__
 from ddpmkit.app.config import PipelineConfig, load_config
@@ -241,7 +241,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--debug", action="store_true", help="show the full traceback of a user error"
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_run, _add_eval, _add_plot, _add_tools):
+        add(sub)
+    return parser
 
+
+def _add_run(sub: Any) -> None:
+    """``ddpmkit run``."""
     run = sub.add_parser("run", help="run a pipeline: train, sample, write a run folder")
     _pipeline_arguments(run)
     run.add_argument(
@@ -267,6 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(func=cmd_run)
 
+
+def _add_eval(sub: Any) -> None:
+    """``ddpmkit eval``."""
     evaluate = sub.add_parser(
         "eval", help="evaluate a trained run: NLL in bits/dim over a data split, SWD"
     )
@@ -277,6 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
     evaluate.set_defaults(func=cmd_eval)
 
+
+def _add_plot(sub: Any) -> None:
+    """``ddpmkit plot FIGURE``."""
     plot = sub.add_parser("plot", help="draw a picture of the process as a PNG")
     figure = plot.add_subparsers(dest="figure", required=True)
     schedules = figure.add_parser("schedules", help="abar_t and log-SNR of named schedules")
@@ -302,6 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub_plot.add_argument("-o", "--out", help="output PNG (default: FIGURE.png)")
     plot.set_defaults(func=cmd_plot)
 
+
+def _add_tools(sub: Any) -> None:
+    """``ddpmkit validate``, ``plugins``, ``new-plugin`` and ``schema``."""
     validate = sub.add_parser("validate", help="check a pipeline file without running it")
     _pipeline_arguments(validate)
     validate.set_defaults(func=cmd_validate)
@@ -321,7 +336,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     schema = sub.add_parser("schema", help="print the JSON Schema of pipeline.toml")
     schema.set_defaults(func=cmd_schema)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -24,6 +24,13 @@ def test_cli_reference_is_current() -> None:
     )
 
 
+def test_architecture_registry_table_is_current() -> None:
+    page = (ROOT / "docs" / "architecture.md").read_text()
+    assert page == docgen.with_registry_table(page), (
+        "the registry table of docs/architecture.md is stale: run `python -m ddpmkit.tools.docgen`"
+    )
+
+
 def test_components_reference_is_current() -> None:
     for kind in registry.KIND_GROUPS:
         for rec in registry.records(kind):

@@ -25,7 +25,10 @@ def test_identical_sets_are_at_distance_zero() -> None:
     x = blobs(500, 0)
     for p in (1, 2):
         assert float(sliced_wasserstein(x, x, p=p, generator=gen(1))) == 0.0
-        assert float(sliced_wasserstein(x, x[torch.randperm(500)], p=p)) == 0.0
+        # a permutation moves rows, and BLAS rounds a row's projection by where it sits in a
+        # block: the same point can project a few float32 ulps (of |x| ~ 2, ~1e-6) apart
+        shuffled = x[torch.randperm(500, generator=gen(2))]
+        assert float(sliced_wasserstein(x, shuffled, p=p, generator=gen(1))) < 1e-5
 
 
 def test_one_dimensional_wasserstein_matches_hand_computation() -> None:

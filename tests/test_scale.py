@@ -230,30 +230,23 @@ def _toy_model(variance: str | None = None) -> DiffusionModel:
         ("ddpm", {"steps": 7, "spacing": "trailing"}),
     ],
 )
-def test_precomputed_steps_equal_the_general_tensor_path(
-    name: str, params: dict[str, object], monkeypatch: pytest.MonkeyPatch
+def test_sampling_without_guidance_runs_in_inference_mode(
+    name: str, params: dict[str, object]
 ) -> None:
-    """The per-chain coefficient tables (float64 host numbers) against the general per-step
-    path of float64 tensors, same noise: equal up to float32 rounding of the coefficients
-    (1e-6 relative per step, over at most 50 steps)."""
     model = _toy_model()
     sampler = create("sampler", name, **params)
-    fast = sampler.sample(model, (64, 2), generator=torch.Generator().manual_seed(5))
-    assert fast.is_inference()  # no guidance: sampled in inference mode
-    monkeypatch.setattr(type(sampler), "prepare", lambda self, model, steps: None)
-    sampler._coefficients = {}
-    general = sampler.sample(model, (64, 2), generator=torch.Generator().manual_seed(5))
-    torch.testing.assert_close(fast, general, rtol=1e-4, atol=1e-5)
+    sample = sampler.sample(model, (64, 2), generator=torch.Generator().manual_seed(5))
+    assert sample.is_inference()  # no guidance: sampled in inference mode
 
 
 @pytest.mark.parametrize(
     ("name", "params"), [("ddim", {"steps": 10, "eta": 1.0}), ("ddpm", {"steps": 7})]
 )
-def test_coefficient_tables_are_kept_for_the_same_chain_and_rebuilt_for_another(
+def test_a_sampler_used_on_two_schedules_in_turn_samples_what_a_fresh_one_does(
     name: str, params: dict[str, object]
 ) -> None:
-    """A sampler keeps its per-step tables between chains only while the steps and their abar
-    are the same: used on two schedules in turn, it samples exactly what a fresh one does."""
+    """A sampler carries nothing from one chain to the next: used on two schedules in turn, it
+    samples exactly what a fresh one does."""
     cosine = _toy_model()
     torch.manual_seed(0)
     linear = DiffusionModel(

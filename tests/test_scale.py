@@ -301,19 +301,6 @@ def test_the_unet_1x1_skip_is_the_convolution_as_a_matrix_product() -> None:
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
-def test_a_step_timestep_gives_scalar_alpha_sigma_equal_to_the_gather() -> None:
-    model = _toy_model()
-    t = model.step_tensors([30, 17], 3)[1]
-    assert t.tolist() == [17, 17, 17]
-    alpha, sigma = model.alpha_sigma(t, 2)
-    assert alpha.ndim == 0 and sigma.ndim == 0
-    general = model.alpha_sigma(t.clone(), 2)  # another tensor: the gather path
-    torch.testing.assert_close(alpha.expand(3, 1), general[0], rtol=0, atol=0)
-    torch.testing.assert_close(sigma.expand(3, 1), general[1], rtol=0, atol=0)
-    assert model.abar_host(-1) == 1.0
-    assert model.abar_host(17) == pytest.approx(model.alphas_cumprod64[17].item(), rel=1e-15)
-
-
 def test_bf16_sampling_stage(write_pipeline: Callable[..., Path], tmp_path: Path) -> None:
     """``sample.precision = "bf16"``: the samples come back float32 and close to fp32's."""
     pipeline = Pipeline.build(load_config(write_pipeline()))

@@ -86,14 +86,17 @@ def test_ddim_step_matches_song_et_al_eq_12() -> None:
     t, t_prev = 90, 80
     pred = model.predict(x_t, torch.full((4,), t))
     gen = torch.Generator().manual_seed(0)
-    out = sampler.step(model, pred, x_t, t, t_prev, gen)
+    abar = model.alphas_cumprod64.tolist()
+    out = sampler.step(model, pred, x_t, t, t_prev, gen, abar=abar)
     a_t, a_p = model.alphas_cumprod[t].double(), model.alphas_cumprod[t_prev].double()
     sigma = 0.5 * ((1 - a_p) / (1 - a_t) * (1 - a_t / a_p)).sqrt()
     z = torch.randn(4, 2, generator=torch.Generator().manual_seed(0))
     expected = a_p.sqrt() * pred.x0 + (1 - a_p - sigma**2).sqrt() * pred.eps + sigma * z
     torch.testing.assert_close(out, expected.float(), rtol=1e-5, atol=1e-6)
     # the last step lands on x0 exactly when eta = 0
-    last = ddpmkit.create("sampler", "ddim", steps=10).step(model, pred, x_t, t, -1, None)
+    last = ddpmkit.create("sampler", "ddim", steps=10).step(
+        model, pred, x_t, t, -1, None, abar=abar
+    )
     torch.testing.assert_close(last, pred.x0)
 
 
@@ -119,7 +122,8 @@ def test_ddpm_step_is_algorithm_2() -> None:
     x_t = torch.randn(4, 2)
     t = 40
     pred = model.predict(x_t, torch.full((4,), t))
-    out = sampler.step(model, pred, x_t, t, t - 1, torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(0)
+    out = sampler.step(model, pred, x_t, t, t - 1, gen, abar=model.alphas_cumprod64.tolist())
     alpha, beta = model.schedule.alphas[t], model.schedule.betas[t]
     abar = model.schedule.alphas_cumprod[t]
     z = torch.randn(4, 2, generator=torch.Generator().manual_seed(0))

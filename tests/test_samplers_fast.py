@@ -176,11 +176,12 @@ def test_dpm_solver_first_step_is_ddim_and_the_last_returns_x0_hat() -> None:
     ddim = ddpmkit.create("sampler", "ddim", steps=10)
     x_t = torch.randn(4, 2, generator=gen(0))
     pred = model.predict(x_t, torch.full((4,), 90))
-    first = solver.step(model, pred, x_t, 90, 80, None)
-    torch.testing.assert_close(first, ddim.step(model, pred, x_t, 90, 80, None))
+    table = model.alphas_cumprod64.tolist()
+    first = solver.step(model, pred, x_t, 90, 80, None, abar=table)
+    torch.testing.assert_close(first, ddim.step(model, pred, x_t, 90, 80, None, abar=table))
     # second step, 80 -> 70, with r = h_1 / h_2: D = (1 + 1/(2r)) x0_80 - 1/(2r) x0_90
     pred2 = model.predict(first, torch.full((4,), 80))
-    second = solver.step(model, pred2, first, 80, 70, None)
+    second = solver.step(model, pred2, first, 80, 70, None, abar=table, previous=(90, pred.x0))
     lam = 0.5 * model.schedule.log_snr
     abar = model.schedule.alphas_cumprod
     h1, h2 = lam[80] - lam[90], lam[70] - lam[80]
@@ -189,7 +190,8 @@ def test_dpm_solver_first_step_is_ddim_and_the_last_returns_x0_hat() -> None:
         torch.exp(-h2) - 1
     ) * D
     torch.testing.assert_close(second, expected.float(), rtol=1e-5, atol=1e-6)
-    assert torch.equal(solver.step(model, pred2, first, 80, -1, None), pred2.x0)
+    last = solver.step(model, pred2, first, 80, -1, None, abar=table, previous=(90, pred.x0))
+    assert torch.equal(last, pred2.x0)
 
 
 def test_dpm_solver_logsnr_steps() -> None:

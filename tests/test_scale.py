@@ -230,30 +230,23 @@ def _toy_model(variance: str | None = None) -> DiffusionModel:
         ("ddpm", {"steps": 7, "spacing": "trailing"}),
     ],
 )
-def test_precomputed_steps_equal_the_general_tensor_path(
-    name: str, params: dict[str, object], monkeypatch: pytest.MonkeyPatch
+def test_sampling_without_guidance_runs_in_inference_mode(
+    name: str, params: dict[str, object]
 ) -> None:
-    """The per-chain coefficient tables (float64 host numbers) against the general per-step
-    path of float64 tensors, same noise: equal up to float32 rounding of the coefficients
-    (1e-6 relative per step, over at most 50 steps)."""
     model = _toy_model()
     sampler = create("sampler", name, **params)
-    fast = sampler.sample(model, (64, 2), generator=torch.Generator().manual_seed(5))
-    assert fast.is_inference()  # no guidance: sampled in inference mode
-    monkeypatch.setattr(type(sampler), "prepare", lambda self, model, steps: None)
-    sampler._coefficients = {}
-    general = sampler.sample(model, (64, 2), generator=torch.Generator().manual_seed(5))
-    torch.testing.assert_close(fast, general, rtol=1e-4, atol=1e-5)
+    sample = sampler.sample(model, (64, 2), generator=torch.Generator().manual_seed(5))
+    assert sample.is_inference()  # no guidance: sampled in inference mode
 
 
 @pytest.mark.parametrize(
     ("name", "params"), [("ddim", {"steps": 10, "eta": 1.0}), ("ddpm", {"steps": 7})]
 )
-def test_coefficient_tables_are_kept_for_the_same_chain_and_rebuilt_for_another(
+def test_a_sampler_used_on_two_schedules_in_turn_samples_what_a_fresh_one_does(
     name: str, params: dict[str, object]
 ) -> None:
-    """A sampler keeps its per-step tables between chains only while the steps and their abar
-    are the same: used on two schedules in turn, it samples exactly what a fresh one does."""
+    """A sampler carries nothing from one chain to the next: used on two schedules in turn, it
+    samples exactly what a fresh one does."""
     cosine = _toy_model()
     torch.manual_seed(0)
     linear = DiffusionModel(
@@ -306,19 +299,6 @@ def test_the_unet_1x1_skip_is_the_convolution_as_a_matrix_product() -> None:
     expected = torch.autograd.grad(conv.square().sum(), (x, skip.weight))
     for got, want in zip(grads, expected, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-
-
-def test_a_step_timestep_gives_scalar_alpha_sigma_equal_to_the_gather() -> None:
-    model = _toy_model()
-    t = model.step_tensors([30, 17], 3)[1]
-    assert t.tolist() == [17, 17, 17]
-    alpha, sigma = model.alpha_sigma(t, 2)
-    assert alpha.ndim == 0 and sigma.ndim == 0
-    general = model.alpha_sigma(t.clone(), 2)  # another tensor: the gather path
-    torch.testing.assert_close(alpha.expand(3, 1), general[0], rtol=0, atol=0)
-    torch.testing.assert_close(sigma.expand(3, 1), general[1], rtol=0, atol=0)
-    assert model.abar_host(-1) == 1.0
-    assert model.abar_host(17) == pytest.approx(model.alphas_cumprod64[17].item(), rel=1e-15)
 
 
 def test_bf16_sampling_stage(write_pipeline: Callable[..., Path], tmp_path: Path) -> None:

@@ -100,10 +100,6 @@ class DiffusionModel(nn.Module):
         self.decoder: Decoder = decoder
 
         self._lookup: _LogSnrLookup | None = None
-        # id -> (tensor, index) of the tensors made by step_tensors() (holding the tensor keeps
-        # its id from being reused); a dict, so updating it skips nn.Module.__setattr__
-        self._step_tensors: dict[int, tuple[torch.Tensor, int]] = {}
-        self._step_tensors_for: tuple[list[int], int, torch.device] | None = None
         self._set_tables(schedule.alphas_cumprod)
         if isinstance(schedule, LearnableSchedule):
             self.register_load_state_dict_post_hook(lambda module, keys: module.refresh_schedule())
@@ -129,14 +125,6 @@ class DiffusionModel(nn.Module):
         buf("posterior_variance", posterior_variance)
         # the floor of clipped log-variances: beta~ of index 1 (a Python float: no device sync)
         self.variance_floor = float(posterior_variance[min(1, abar.numel() - 1)].clamp(min=1e-20))
-        # Host copies for sampling loops, made once per schedule: abar_t as float64 Python
-        # numbers (per-step coefficients keep float64 precision without float64 work on the
-        # device), and sqrt(abar_t), sqrt(1 - abar_t) as 0-dim CPU tensors, which every device
-        # takes as plain scalars: a step of one index needs no gather and no (B, 1, ...) column.
-        abar_cpu = abar.cpu()
-        self._abar_host: list[float] = abar_cpu.tolist()
-        self._alpha_host = abar_cpu.sqrt().to(torch.float32).unbind()
-        self._sigma_host = (1.0 - abar_cpu).sqrt().to(torch.float32).unbind()
 
     def refresh_schedule(self) -> None:
         """Re-read a learnable schedule's abar_t after its parameters changed (an optimizer
@@ -153,42 +141,13 @@ class DiffusionModel(nn.Module):
 
     # -- forward process ---------------------------------------------------------------------
 
-    def step_tensors(self, indices: list[int], batch: int) -> list[torch.Tensor]:
-        """One ``(batch,)`` tensor per training index of a sampling chain, made in one go.
-
-        Each is a read-only broadcast view holding one index. The model remembers them (until
-        a call for other indices; a call for the same ones returns the same tensors):
-        :meth:`alpha_sigma` answers these very tensor objects from host scalars, so a sampling
-        step pays for no gather and no broadcast column.
-        """
-        device = self.alphas_cumprod.device
-        if self._step_tensors_for == (indices, batch, device):
-            return [t for t, _ in self._step_tensors.values()]  # the same chain again
-        table = torch.tensor(indices, dtype=torch.long).to(device)[:, None]
-        tensors = list(table.expand(len(indices), batch).unbind())
-        self._step_tensors_for = (list(indices), batch, device)
-        self._step_tensors.clear()
-        self._step_tensors.update(
-            (id(t), (t, index)) for t, index in zip(tensors, indices, strict=True)
-        )
-        return tensors
-
-    def abar_host(self, index: int) -> float:
-        """abar at a training ``index`` as a float64 Python number; abar_{-1} = 1 (x_0)."""
-        return 1.0 if index < 0 else self._abar_host[index]
-
     def alpha_sigma(self, t: torch.Tensor, ndim: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(sqrt(abar_t), sqrt(1 - abar_t))`` shaped to broadcast against ``ndim`` dims.
-
-        For a tensor made by :meth:`step_tensors` both are 0-dim CPU tensors (scalars).
-        """
+        """``(sqrt(abar_t), sqrt(1 - abar_t))`` for indices ``t`` ``(B,)``, each ``(B, 1, ..., 1)``
+        to broadcast against ``ndim`` dims."""
         if self._lookup is not None:
             abar = self._lookup.abar(t)
             dtype = self.alphas_cumprod.dtype
             return column(abar.sqrt().to(dtype), ndim), column((1.0 - abar).sqrt().to(dtype), ndim)
-        known = self._step_tensors.get(id(t))
-        if known is not None and known[0] is t:
-            return self._alpha_host[known[1]], self._sigma_host[known[1]]
         alpha = broadcast(self.sqrt_alphas_cumprod, t, ndim)
         sigma = broadcast(self.sqrt_one_minus_alphas_cumprod, t, ndim)
         return alpha, sigma
@@ -218,12 +177,6 @@ class DiffusionModel(nn.Module):
         eq. 7 for s = t - 1; Song et al. 2021 eq. 7 for any s < t), each ``(B,)``.
         """
         return step_variance_formula(self.abar_at(t), self.abar_at(s))
-
-    def step_log_variances_host(self, t: int, s: int) -> tuple[float, float]:
-        """:meth:`step_log_variances` for one step of indices, as float64 Python numbers."""
-        beta, beta_tilde = step_variance_formula(self.abar_host(t), self.abar_host(s))
-        floor = self.variance_floor
-        return math.log(max(beta, floor)), math.log(beta_tilde if s >= 0 else floor)
 
     def step_log_variances(
         self, t: torch.Tensor, s: torch.Tensor

@@ -17,11 +17,11 @@ from ddpmkit import (
     Sampler,
     SamplerCallback,
     SamplerStep,
-    column,
     create,
     guided_predict,
     randn,
     randn_like,
+    step_variance_formula,
 )
 
 Region = Literal["left", "right", "top", "bottom", "center"]
@@ -104,7 +104,7 @@ class InpaintSampler(Sampler):
         generator: torch.Generator | None = None,
         callback: SamplerCallback | None = None,
     ) -> torch.Tensor:
-        """Complete ``shape[0]`` images of ``data``; see :class:`ddpmkit.Sampler`."""
+        """Lugmayr et al. (2022) Algorithm 1 on ``shape[0]`` images of ``data``; see ``Sampler``."""
         self.check(model)
         device = model.alphas_cumprod.device
         start = self.params.offset
@@ -114,25 +114,28 @@ class InpaintSampler(Sampler):
             raise ConfigError(f"inpaint: data images are {tuple(x0.shape[1:])}, not {shape[1:]}")
         known = region_mask(self.params.region, shape[2], shape[3]).to(device)
         predict = guided_predict(model, guidance)
+        abar = model.alphas_cumprod64.tolist()  # float64 host numbers, read once per call
         with torch.no_grad():
+            # line 1: x_T ~ N(0, I)
             x = randn(shape, generator=generator, device=device) if x_T is None else x_T
             x = x.to(device)
             for i, index in enumerate(range(model.T - 1, -1, -1)):
                 t = torch.full((shape[0],), index, device=device, dtype=torch.long)
                 for u in range(self.params.resample):
-                    # known pixels: the original, forward-noised to t - 1 (x_0 itself at t = 0)
-                    abar_s = column(model.abar_at(t - 1).to(x.dtype), x.ndim)
+                    # lines 4-5: the known pixels, x_0 forward-noised to t - 1 (x_0 at t = 0,
+                    # where eps is drawn all the same: one seed, one noise sequence)
                     eps = randn_like(x, generator)
-                    x_known = abar_s.sqrt() * x0 + (1 - abar_s).sqrt() * eps
-                    # unknown pixels: one reverse step x_{t-1} ~ p_theta(x_{t-1} | x_t)
+                    x_known = model.q_sample(x0, t - 1, eps) if index > 0 else x0
+                    # lines 6-7: the unknown ones, a reverse step x_{t-1} ~ p_theta(x_{t-1} | x_t)
                     pred = predict(x, t, cond)
                     mean, log_var = model.p_mean_variance(pred, x, t)
-                    noise = randn_like(x, generator) if index > 0 else torch.zeros_like(x)
-                    x_prev = known * x_known + (1 - known) * (mean + (0.5 * log_var).exp() * noise)
-                    # resample: back to x_t ~ q(x_t | x_{t-1}) and redo the step
+                    z = randn_like(x, generator) if index > 0 else torch.zeros_like(x)
+                    # line 8: joined by the mask
+                    x_prev = known * x_known + (1 - known) * (mean + (0.5 * log_var).exp() * z)
+                    # line 9: resample, back to x_t ~ q(x_t | x_{t-1}) with beta_{t|t-1}
                     if u + 1 < self.params.resample and index > 0:
-                        beta = column(model.step_variances(t, t - 1)[0].to(x.dtype), x.ndim)
-                        x = (1 - beta).sqrt() * x_prev + beta.sqrt() * randn_like(x, generator)
+                        beta = step_variance_formula(abar[index], abar[index - 1])[0]
+                        x = (1 - beta) ** 0.5 * x_prev + beta**0.5 * randn_like(x, generator)
                 x = x_prev
                 if callback is not None:
                     callback(SamplerStep(index=i, total=model.T, t=index, x=x, x0=pred.x0))

@@ -44,7 +44,7 @@ class DDGANSampler(Sampler):
         generator: torch.Generator | None = None,
         callback: SamplerCallback | None = None,
     ) -> torch.Tensor:
-        """Run the chain; see :class:`ddpmkit.Sampler`."""
+        """Xiao et al. (2022) section 3.2, the chain of eq. 5; see :class:`ddpmkit.Sampler`."""
         self.check(model)
         z_dim = generator_of(model, "sampler ddgan").z_dim
         device = model.alphas_cumprod.device
@@ -53,6 +53,7 @@ class DDGANSampler(Sampler):
         if base.embedding is not None:
             raise ValueError("ddgan: cond.embedding carries z; pass the condition elsewhere")
         with torch.no_grad():
+            # x_T ~ N(0, I)
             x = randn(shape, generator=generator, device=device) if x_T is None else x_T
             x = x.to(device)
             for i, t in enumerate(range(model.T - 1, -1, -1)):

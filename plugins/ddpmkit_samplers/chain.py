@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from typing import ClassVar
 
 import torch
@@ -65,19 +66,20 @@ class ChainSampler(Sampler):
         t: int,
         t_prev: int,
         generator: torch.Generator | None,
+        *,
+        abar: Sequence[float],
+        previous: tuple[int, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """One reverse update from index ``t`` to index ``t_prev`` (-1 means x_0)."""
+        """One reverse update of ``x_t`` from index ``t`` to index ``t_prev`` (-1 means x_0).
+
+        ``abar`` is abar at every training index as float64 host numbers (read once per chain),
+        ``previous`` the index and x0_hat of the step before (None on the first), which a
+        multistep solver extrapolates from; noise is drawn from ``generator``.
+        """
 
     def check(self, model: DiffusionModel) -> None:
         """The step list must be computable for the model's schedule."""
         self.timesteps(model)
-
-    def start(self) -> None:
-        """Called before each chain: a multistep sampler forgets its history here."""
-
-    def prepare(self, model: DiffusionModel, steps: list[int]) -> None:
-        """Called before each chain with its steps: precompute per-step coefficients here, once,
-        so that :meth:`step` does no scalar work on tensors."""
 
     def sample(
         self,
@@ -94,19 +96,20 @@ class ChainSampler(Sampler):
         device = model.alphas_cumprod.device
         predict = guided_predict(model, guidance)
         steps = self.timesteps(model)
-        self.prepare(model, steps)
-        self.start()
+        abar = model.alphas_cumprod64.tolist()  # float64 host numbers, read once per chain
+        previous: tuple[int, torch.Tensor] | None = None
         # inference mode (no autograd bookkeeping at all) unless a guidance may need gradients
         with torch.inference_mode(guidance is None), torch.no_grad():
+            # x_T ~ N(0, I)
             x = randn(shape, generator=generator, device=device) if x_T is None else x_T
             x = x.to(device)
-            t_batches = model.step_tensors(steps, shape[0])
-            for i, t in enumerate(steps):
-                t_prev = steps[i + 1] if i + 1 < len(steps) else -1
-                t_batch = t_batches[i]
-                pred = predict(x, t_batch, cond)
-                pred = self.threshold(model, pred, x, t_batch)
-                x = self.step(model, pred, x, t, t_prev, generator)
+            for i, (t, t_prev) in enumerate(zip(steps, [*steps[1:], -1], strict=True)):
+                # the (guided, thresholded) prediction of eps and x0 at x_t
+                t_batch = torch.full((shape[0],), t, device=device, dtype=torch.long)
+                pred = self.threshold(model, predict(x, t_batch, cond), x, t_batch)
+                # the sampler's update x_t -> x_{t_prev}
+                x = self.step(model, pred, x, t, t_prev, generator, abar=abar, previous=previous)
+                previous = (t, pred.x0)
                 if callback is not None:
                     callback(SamplerStep(index=i, total=len(steps), t=t, x=x, x0=pred.x0))
         return x
@@ -124,12 +127,6 @@ class ChainSampler(Sampler):
         if self.params.clip_x0:
             x0 = x0.clamp(-1.0, 1.0)
         return model.with_x0(pred, x0, x_t, t)
-
-
-def chain_key(model: DiffusionModel, steps: list[int]) -> tuple[object, ...]:
-    """What per-step coefficients computed from the schedule depend on: the visited indices
-    and abar at each (a :meth:`ChainSampler.prepare` keeps its tables while this is equal)."""
-    return tuple(steps), tuple(model.abar_host(t) for t in steps)
 
 
 def dynamic_threshold(x0: torch.Tensor, percentile: float) -> torch.Tensor:

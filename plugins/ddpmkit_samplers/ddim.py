@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -14,12 +15,11 @@ from ddpmkit import (
     Prediction,
     SamplerCallback,
     SamplerStep,
-    column,
     randn_like,
     step_variance_formula,
     x0_from_eps,
 )
-from ddpmkit_samplers.chain import ChainSampler, ChainSamplerParams, chain_key
+from ddpmkit_samplers.chain import ChainSampler, ChainSamplerParams
 from ddpmkit_samplers.spacing import SPACING_HELP, IndexSpacing, ddim_timesteps
 
 __all__ = ["DDIMSampler", "DDIMSamplerParams", "ddim_timesteps"]
@@ -55,30 +55,6 @@ class DDIMSampler(ChainSampler):
         """S indices chosen by ``spacing``, decreasing."""
         return ddim_timesteps(model.T, self.params.steps, self.params.spacing)
 
-    def prepare(self, model: DiffusionModel, steps: list[int]) -> None:
-        """Eq. 12's three coefficients of every step, from float64 host numbers, once (and
-        kept while the steps and their abar stay the same: the next chain reuses them)."""
-        if self.params.variance != "posterior":
-            self._coefficients: dict[tuple[int, int], tuple[torch.Tensor, ...]] = {}
-            self._prepared_for = None
-            return  # the model's variance may depend on the network output: per step
-        key = chain_key(model, steps)
-        if key == getattr(self, "_prepared_for", None):
-            return
-        pairs = list(zip(steps, [*steps[1:], -1], strict=True))
-        rows = []
-        for t, s in pairs:
-            abar_t, abar_prev = model.abar_host(t), model.abar_host(s)
-            # eq. 16: sigma^2 = eta^2 beta~_{t|s}, at most 1 - abar_prev
-            sigma2 = min(
-                self.params.eta**2 * step_variance_formula(abar_t, abar_prev)[1], 1.0 - abar_prev
-            )
-            rows.append((abar_prev**0.5, max(1.0 - abar_prev - sigma2, 0.0) ** 0.5, sigma2**0.5))
-        # one tensor, split into 0-dim CPU tensors (scalars on any device) in three calls
-        columns = [c.unbind() for c in torch.tensor(rows, dtype=torch.float32).T]
-        self._coefficients = dict(zip(pairs, zip(*columns, strict=True), strict=True))
-        self._prepared_for = key
-
     def step(
         self,
         model: DiffusionModel,
@@ -87,31 +63,28 @@ class DDIMSampler(ChainSampler):
         t: int,
         t_prev: int,
         generator: torch.Generator | None,
+        *,
+        abar: Sequence[float],
+        previous: tuple[int, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """Song et al. eq. 12, with sigma_t(eta) from eq. 16."""
-        coefficients = getattr(self, "_coefficients", {}).get((t, t_prev))
-        if coefficients is not None:
-            a, b, sigma = coefficients
-            # eq. 12: "predicted x0" + "direction pointing to x_t" + random noise
-            x_prev = (pred.x0 * a).addcmul_(pred.eps, b)
-            if self.params.eta > 0 and t_prev >= 0:
-                x_prev.addcmul_(randn_like(x_t, generator), sigma)
-            return x_prev
-        t_batch = torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)
-        s_batch = torch.full_like(t_batch, t_prev)
-        # the last step lands on x_0: abar_prev = 1
-        abar_prev = column(model.abar_at(s_batch).to(x_t.dtype), x_t.ndim)
-        # eq. 16: sigma^2 = eta^2 beta~_{t|s} = eta^2 (1 - abar_s)/(1 - abar_t) (1 - abar_t/abar_s)
+        """Song et al. (2021) eq. 12, with sigma_t(eta) from eq. 16, for the step t -> t_prev."""
+        eta = self.params.eta
+        # abar_t and abar_{t-1} (the last step lands on x_0: abar = 1), float64 host numbers
+        abar_t, abar_prev = abar[t], (abar[t_prev] if t_prev >= 0 else 1.0)
+        # eq. 16: sigma^2 = eta^2 v with v = beta~_{t|t-1} or the model's reverse variance,
+        # at most 1 - abar_{t-1}
+        sigma2: float | torch.Tensor
         if self.params.variance == "posterior":
-            v = column(model.step_variances(t_batch, s_batch)[1].to(x_t.dtype), x_t.ndim)
+            sigma2 = min(eta**2 * step_variance_formula(abar_t, abar_prev)[1], 1.0 - abar_prev)
         else:
+            t_batch = torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)
+            s_batch = torch.full_like(t_batch, t_prev)
             v = model.reverse_log_variance(pred, x_t, t_batch, s_batch).exp()
-        sigma2 = (self.params.eta**2 * v).clamp(max=1 - abar_prev)
+            sigma2 = (eta**2 * v).clamp(max=1.0 - abar_prev)
         # eq. 12: "predicted x0" + "direction pointing to x_t" + random noise
-        direction = (1 - abar_prev - sigma2).sqrt() * pred.eps
-        x_prev = abar_prev.sqrt() * pred.x0 + direction
-        if self.params.eta > 0 and t_prev >= 0:
-            x_prev = x_prev + sigma2.sqrt() * randn_like(x_t, generator)
+        x_prev = abar_prev**0.5 * pred.x0 + (1.0 - abar_prev - sigma2) ** 0.5 * pred.eps
+        if eta > 0 and t_prev >= 0:
+            x_prev = x_prev + sigma2**0.5 * randn_like(x_t, generator)
         return x_prev
 
     def invert(
@@ -140,7 +113,6 @@ class DDIMSampler(ChainSampler):
         S = self.params.steps if steps is None else steps
         ts = ddim_timesteps(model.T, S, self.params.spacing)[::-1]
         device = model.alphas_cumprod.device
-        abar = model.alphas_cumprod
         with torch.no_grad():
             x = x0.to(device)
             for i, t in enumerate(ts):
@@ -148,11 +120,14 @@ class DDIMSampler(ChainSampler):
                 t_batch = torch.full((x.shape[0],), t, device=device, dtype=torch.long)
                 # eps at the current point x_{t_prev}, asking the network at index t
                 pred = model.predict(x, t_batch, cond)
-                # x0_hat at the current level abar_prev (thresholding would break the round trip)
-                abar_prev = abar[t_prev] if t_prev >= 0 else abar.new_ones(())
-                x0_hat = x0_from_eps(x, pred.eps, abar_prev.sqrt(), (1 - abar_prev).sqrt())
+                # x0_hat at the current level abar_{t_prev}; x itself at x_0, where abar = 1
+                # (thresholding would break the round trip)
+                x0_hat = x
+                if t_prev >= 0:
+                    alpha, sigma = model.alpha_sigma(torch.full_like(t_batch, t_prev), x.ndim)
+                    x0_hat = x0_from_eps(x, pred.eps, alpha, sigma)
                 # eq. 12 with sigma = 0, upwards: x_t = sqrt(abar_t) x0_hat + sqrt(1 - abar_t) eps
-                x = abar[t].sqrt() * x0_hat + (1 - abar[t]).sqrt() * pred.eps
+                x = model.q_sample(x0_hat, t_batch, pred.eps)
                 if callback is not None:
                     callback(SamplerStep(index=i, total=len(ts), t=t, x=x, x0=x0_hat))
         return x

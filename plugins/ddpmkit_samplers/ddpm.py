@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import math
+from collections.abc import Sequence
 
 import torch
 from pydantic import Field
 
-from ddpmkit import DiffusionModel, Prediction, posterior_mean_coefficients, randn_like
-from ddpmkit_samplers.chain import ChainSampler, ChainSamplerParams, chain_key
+from ddpmkit import DiffusionModel, Prediction, randn_like
+from ddpmkit_samplers.chain import ChainSampler, ChainSamplerParams
 from ddpmkit_samplers.spacing import SPACING_HELP, IndexSpacing, ddim_timesteps
 
 
@@ -49,27 +49,6 @@ class DDPMSampler(ChainSampler):
             return list(range(model.T - 1, -1, -1))
         return ddim_timesteps(model.T, self.params.steps, self.params.spacing, name="ddpm")
 
-    def prepare(self, model: DiffusionModel, steps: list[int]) -> None:
-        """With sigma^2 = beta_{t|s} (no variance component), every step's mean coefficients
-        and sigma, from float64 host numbers, once (and kept while the steps, their abar and
-        the variance floor stay the same: the next chain reuses them)."""
-        if model.variance is not None:
-            self._coefficients: dict[tuple[int, int], tuple[torch.Tensor, ...]] = {}
-            self._prepared_for = None
-            return  # a variance component may depend on the network output: per step
-        key = (model.variance_floor, *chain_key(model, steps))
-        if key == getattr(self, "_prepared_for", None):
-            return
-        pairs = list(zip(steps, [*steps[1:], -1], strict=True))
-        rows = []
-        for t, s in pairs:
-            coef_x0, coef_xt = posterior_mean_coefficients(model.abar_host(t), model.abar_host(s))
-            rows.append((coef_x0, coef_xt, math.exp(0.5 * model.step_log_variances_host(t, s)[0])))
-        # one tensor, split into 0-dim CPU tensors (scalars on any device) in three calls
-        columns = [c.unbind() for c in torch.tensor(rows, dtype=torch.float32).T]
-        self._coefficients = dict(zip(pairs, zip(*columns, strict=True), strict=True))
-        self._prepared_for = key
-
     def step(
         self,
         model: DiffusionModel,
@@ -78,18 +57,15 @@ class DDPMSampler(ChainSampler):
         t: int,
         t_prev: int,
         generator: torch.Generator | None,
+        *,
+        abar: Sequence[float],
+        previous: tuple[int, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """Algorithm 2, lines 3-4, for the step t -> t_prev of the (respaced) chain."""
-        coefficients = getattr(self, "_coefficients", {}).get((t, t_prev))
-        if coefficients is not None:
-            coef_x0, coef_xt, sigma = coefficients
-            # line 4 with mu_theta = mu~(x_t, x0_hat) (eq. 7, 11); no noise onto x_0 (line 3)
-            mean = (pred.x0 * coef_x0).addcmul_(x_t, coef_xt)
-            if t_prev < 0:
-                return mean
-            return mean.addcmul_(randn_like(x_t, generator), sigma)
-        t_batch = torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)
-        s_batch = torch.full_like(t_batch, t_prev)
+        """Ho et al. (2020) Algorithm 2, lines 3-4, for the step t -> t_prev of the chain."""
+        batch = (x_t.shape[0],)
+        t_batch = torch.full(batch, t, device=x_t.device, dtype=torch.long)
+        s_batch = torch.full(batch, t_prev, device=x_t.device, dtype=torch.long)
+        # mu_theta = mu~(x_t, x0_hat) (eq. 7, 11) and sigma_t^2, the model's reverse variance
         mean, log_variance = model.p_mean_variance(pred, x_t, t_batch, s_batch)
         # line 3: z ~ N(0, I) if t > 1, else z = 0  (the step onto x_0, index -1, has no noise)
         if t_prev < 0:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -76,16 +77,12 @@ class DPMSolverPlusPlusSampler(ChainSampler):
     first order and returns the last x0_hat (the "lower order final" step of Lu et al.,
     taken whatever S). S steps cost S network evaluations.
 
-    The multistep history (the previous index and its x0_hat) lives on the sampler and is
-    cleared by :meth:`sample`; a lone :meth:`step` call without history is first order.
+    The multistep history, the previous index and its x0_hat, is the chain loop's ``previous``;
+    a step without it (the first, or a lone :meth:`step` call) is first order.
     """
 
     Params = DPMSolverPlusPlusSamplerParams
     params: DPMSolverPlusPlusSamplerParams
-
-    def __init__(self, params: DPMSolverPlusPlusSamplerParams | None = None) -> None:
-        super().__init__(params)
-        self._history: tuple[int, torch.Tensor] | None = None
 
     def timesteps(self, model: DiffusionModel) -> list[int]:
         """S indices chosen by ``spacing``, decreasing."""
@@ -95,10 +92,6 @@ class DPMSolverPlusPlusSampler(ChainSampler):
             return logsnr_timesteps(model.schedule.log_snr, steps, name, low, high)
         return ddim_timesteps(model.T, steps, self.params.spacing, name=name)
 
-    def start(self) -> None:
-        """A fresh chain has no previous x0 prediction."""
-        self._history = None
-
     def step(
         self,
         model: DiffusionModel,
@@ -107,23 +100,29 @@ class DPMSolverPlusPlusSampler(ChainSampler):
         t: int,
         t_prev: int,
         generator: torch.Generator | None,
+        *,
+        abar: Sequence[float],
+        previous: tuple[int, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """Algorithm 2, one step t_{i-1} = ``t`` -> t_i = ``t_prev``."""
-        history, self._history = self._history, (t, pred.x0)
+        """Lu et al. (2022) Algorithm 2, one step t_{i-1} = ``t`` -> t_i = ``t_prev``."""
         # the step onto x_0 (sigma = 0): the first-order update's limit, x0_hat itself
         if t_prev < 0:
             return pred.x0
-        # lambda = log(alpha / sigma) = log SNR / 2 and abar, float64 scalars of the schedule
-        lam, abar = 0.5 * model.schedule.log_snr, model.schedule.alphas_cumprod
         # h_i = lambda_{t_i} - lambda_{t_{i-1}}
-        h = float(lam[t_prev] - lam[t])
+        lam_t, lam_prev = half_log_snr(abar[t]), half_log_snr(abar[t_prev])
+        h = lam_prev - lam_t
         # D_i = x0_hat_{i-1} on the first step; else with r_i = h_{i-1} / h_i,
         # D_i = (1 + 1 / (2 r_i)) x0_hat_{i-1} - 1 / (2 r_i) x0_hat_{i-2}
         D = pred.x0
-        if history is not None:
-            t_before, x0_before = history
-            half_inv_r = h / (2 * float(lam[t] - lam[t_before]))
+        if previous is not None:
+            t_before, x0_before = previous
+            half_inv_r = h / (2 * (lam_t - half_log_snr(abar[t_before])))
             D = (1 + half_inv_r) * pred.x0 - half_inv_r * x0_before
         # x_{t_i} = sigma_{t_i} / sigma_{t_{i-1}} x_{t_{i-1}} - alpha_{t_i} (e^{-h_i} - 1) D_i
         ratio = math.sqrt((1 - abar[t_prev]) / (1 - abar[t]))
         return ratio * x_t - math.sqrt(abar[t_prev]) * math.expm1(-h) * D
+
+
+def half_log_snr(abar: float) -> float:
+    """lambda = log(alpha / sigma) = log SNR / 2 of Lu et al. (2022), from abar in float64."""
+    return 0.5 * math.log(abar / (1.0 - abar))

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 import ddpmkit
-from ddpmkit.app.evaluate import attribute_adherence
+from ddpmkit.app.evaluate import attribute_adherence, attribute_reader
 from ddpmkit.app.pipeline import load_model_from_checkpoint
 from ddpmkit.core.checkpoint import list_checkpoints
 from ddpmkit.core.images import save_grid
@@ -36,11 +36,10 @@ LEVELS = (0.0, 0.1, 0.25, 0.5)
 GRID_LEVELS = (0.0, 0.1, 0.5)
 
 
-def agreement(data: ddpmkit.Dataset, x: torch.Tensor, reference: torch.Tensor) -> str:
+def agreement(reader: ddpmkit.AttributeReader, x: torch.Tensor, reference: torch.Tensor) -> str:
     """Fractions of ``x`` read as the same shape, colour, position, and all three, as
     ``reference``, over the references the reader can read, as table cells."""
-    wanted, found = data.read_attributes(reference), data.read_attributes(x)
-    assert wanted is not None and found is not None
+    wanted, found = reader.read_attributes(reference), reader.read_attributes(x)
     pairs = [(f, w) for f, w in zip(found, wanted, strict=True) if w is not None]
     readings, asked = [f for f, _ in pairs], [w for _, w in pairs]
     scores = [
@@ -58,6 +57,8 @@ def main() -> None:
     conditioner = model.conditioner
     assert conditioner is not None
     data = ddpmkit.create("dataset", "shapes", image_size=16, seed=1, num_examples=N)
+    reader = attribute_reader("shapes", data)
+    assert reader is not None
     originals = data.batch(list(range(N))).images
     inputs = {
         "base samples": load_stage_samples(RUN / "stages" / "base")[:N],
@@ -69,8 +70,7 @@ def main() -> None:
     outputs: dict[tuple[str, float], torch.Tensor] = {}
     start = time.perf_counter()
     for name, low in inputs.items():
-        readable = data.read_attributes(low)
-        assert readable is not None
+        readable = reader.read_attributes(low)
         for level in LEVELS:
             conditioner.params = conditioner.params.model_copy(update={"level": level})
             with torch.no_grad():
@@ -79,8 +79,8 @@ def main() -> None:
             x = sampler.sample(model, (len(low), 3, 16, 16), cond=cond, generator=generator)
             outputs[(name, level)] = x
             rmse = float((resize(x, 8) - low).pow(2).mean().sqrt())
-            same = agreement(data, x, low)
-            original = agreement(data, x, originals)[-5:] if name.startswith("held") else "-"
+            same = agreement(reader, x, low)
+            original = agreement(reader, x, originals)[-5:] if name.startswith("held") else "-"
             s = round(level * (model.T - 1))
             print(f"| {name} | {level} | {s} | {rmse:.4f} | {same} | {original} |")
         count = sum(r is not None for r in readable)

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from ddpmkit.app.config import load_config
-from ddpmkit.app.evaluate import attribute_adherence, attribute_diversity
+from ddpmkit.app.evaluate import attribute_adherence, attribute_diversity, attribute_reader
 from ddpmkit.app.pipeline import Pipeline, latest_run_directory, load_weights
 from ddpmkit.core.checkpoint import list_checkpoints
 from ddpmkit.core.images import save_grid
@@ -58,12 +58,13 @@ def main() -> None:
         else:
             samples = pipeline.draw_samples(model, args.samples, seed=0, progress=False)
             label = f"classifier-free, w = {w:g}"
-        readings = pipeline.dataset.read_attributes(samples)
-        assert readings is not None
+        reader = attribute_reader(pipeline.config.data.type, pipeline.dataset)
+        assert reader is not None
+        readings = reader.read_attributes(samples)
         found = attribute_diversity(readings)
         if w is not None:
             raw = pipeline.sample_conditions(args.samples)
-            wanted = [pipeline.dataset.label_attributes(int(y)) for y in raw]
+            wanted = [reader.label_attributes(int(y)) for y in raw]
             found["adherence"] = attribute_adherence(readings, wanted)  # type: ignore[arg-type]
         name = "uncond" if w is None else f"w{w:g}"
         save_grid(samples[:40], args.images / f"cfg-{name}.png", nrow=5, scale=4)

@@ -19,7 +19,7 @@ import argparse
 from pathlib import Path
 
 from ddpmkit.app.config import load_config
-from ddpmkit.app.evaluate import attribute_adherence, attribute_diversity
+from ddpmkit.app.evaluate import attribute_adherence, attribute_diversity, attribute_reader
 from ddpmkit.app.pipeline import Pipeline, latest_run_directory, load_weights
 from ddpmkit.core.checkpoint import list_checkpoints
 from ddpmkit.core.images import save_grid
@@ -49,13 +49,11 @@ def main() -> None:
         samples = pipeline.draw_samples(
             model, args.samples, seed=pipeline.config.seed, progress=False
         )
-        readings = pipeline.dataset.read_attributes(samples)
-        assert readings is not None
+        reader = attribute_reader(pipeline.config.data.type, pipeline.dataset)
+        assert reader is not None
+        readings = reader.read_attributes(samples)
         found = attribute_diversity(readings)
-        wanted = [
-            pipeline.dataset.label_attributes(int(y))
-            for y in pipeline.sample_conditions(args.samples)
-        ]
+        wanted = [reader.label_attributes(int(y)) for y in pipeline.sample_conditions(args.samples)]
         found["adherence"] = attribute_adherence(readings, wanted)
         suffix = "" if args.form == "score" else "-mean-shift"
         save_grid(samples[:40], args.images / f"classifier-s{s:g}{suffix}.png", nrow=5, scale=4)

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from ddpmkit.app.config import load_config
-from ddpmkit.app.evaluate import attribute_adherence_by_key, attribute_diversity
+from ddpmkit.app.evaluate import attribute_adherence_by_key, attribute_diversity, attribute_reader
 from ddpmkit.app.pipeline import Pipeline, latest_run_directory, load_weights
 from ddpmkit.core.checkpoint import list_checkpoints
 from ddpmkit.core.images import save_grid
@@ -46,10 +46,11 @@ def read_prompted(pipeline: Pipeline, run: Path, count: int, grid: Path) -> dict
     _, checkpoint = list_checkpoints(run / "checkpoints")[-1]
     model = load_weights(pipeline.model, checkpoint)
     samples = pipeline.draw_samples(model, count, seed=0, progress=False)
-    readings = pipeline.dataset.read_attributes(samples)
-    assert readings is not None
+    reader = attribute_reader(pipeline.config.data.type, pipeline.dataset)
+    assert reader is not None
+    readings = reader.read_attributes(samples)
     prompts = pipeline.sample_conditions(count)
-    wanted = [pipeline.dataset.caption_attributes(p) for p in prompts]
+    wanted = [reader.caption_attributes(p) for p in prompts]
     save_grid(samples[:40], grid, nrow=5, scale=4)
     return {
         **attribute_diversity(readings),

@@ -17,7 +17,7 @@ import torch
 
 import ddpmkit
 from ddpmkit import DiffusionModel
-from ddpmkit.app.evaluate import attribute_adherence
+from ddpmkit.app.evaluate import attribute_adherence, attribute_reader
 from ddpmkit.app.pipeline import load_model_from_checkpoint
 from ddpmkit.core.checkpoint import list_checkpoints
 from ddpmkit.core.images import save_grid
@@ -29,23 +29,27 @@ DATA = {"type": "shapes", "image_size": 16, "seed": 1, "num_examples": N}
 
 def held_out(
     run: Path,
-) -> tuple[DiffusionModel, ddpmkit.Dataset, torch.Tensor, list[dict[str, str]], torch.Tensor]:
-    """The newest EMA model of ``run``, the held-out data, its N images, their attributes
-    and the mask that keeps the left half known."""
+) -> tuple[
+    DiffusionModel, ddpmkit.AttributeReader, torch.Tensor, list[dict[str, str]], torch.Tensor
+]:
+    """The newest EMA model of ``run``, the held-out data's attribute reader, its N images,
+    their attributes and the mask that keeps the left half known."""
     _, checkpoint = list_checkpoints(run / "checkpoints")[-1]
     model = load_model_from_checkpoint(checkpoint)
     spec = dict(DATA)
-    data = ddpmkit.create("dataset", spec.pop("type"), **spec)
+    data_type = str(spec.pop("type"))
+    data = ddpmkit.create("dataset", data_type, **spec)
+    reader = attribute_reader(data_type, data)
+    assert reader is not None
     originals = data.batch(list(range(N))).images
-    wanted = data.read_attributes(originals)
-    assert wanted is not None and all(w is not None for w in wanted)
-    return model, data, originals, wanted, region_mask("right", 16, 16)  # type: ignore[return-value]
+    wanted = [w for w in reader.read_attributes(originals) if w is not None]
+    assert len(wanted) == N, "the reader reads every original"
+    return model, reader, originals, wanted, region_mask("right", 16, 16)
 
 
-def agreement(data: ddpmkit.Dataset, x: torch.Tensor, wanted: list) -> list[float]:
+def agreement(reader: ddpmkit.AttributeReader, x: torch.Tensor, wanted: list) -> list[float]:
     """Fractions of ``x`` whose shape, colour, position, and all three, are the original's."""
-    readings = data.read_attributes(x)
-    assert readings is not None
+    readings = reader.read_attributes(x)
     scores = [
         attribute_adherence(readings, [{k: w[k]} for w in wanted])
         for k in ("shape", "color", "position")
@@ -55,13 +59,13 @@ def agreement(data: ddpmkit.Dataset, x: torch.Tensor, wanted: list) -> list[floa
 
 def main() -> None:
     torch.set_num_threads(2)
-    model, data, originals, wanted, known = held_out(Path("runs/shapes"))
+    model, reader, originals, wanted, known = held_out(Path("runs/shapes"))
     print("| resample U | shape | colour | position | all three |")
     print("|---:|---:|---:|---:|---:|")
     for resample in (1, 3):
         sampler = ddpmkit.create("sampler", "inpaint", data=DATA, resample=resample)
         x = sampler.sample(model, (N, 3, 16, 16), generator=torch.Generator().manual_seed(0))
-        scores = agreement(data, x, wanted)
+        scores = agreement(reader, x, wanted)
         print(f"| {resample} | " + " | ".join(f"{s:.3f}" for s in scores) + " |")
         rows = torch.cat([originals * known - (1 - known), x, originals])
         save_grid(

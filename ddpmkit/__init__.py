@@ -14,6 +14,7 @@ from ddpmkit.core.errors import ConfigError, DataError, DdpmkitError, PluginErro
 from ddpmkit.core.hookspecs import hookimpl
 from ddpmkit.core.images import load_image, make_grid, save_grid, save_scatter, to_uint8
 from ddpmkit.core.interfaces import (
+    AttributeReader,
     Batch,
     Component,
     Conditioner,
@@ -61,6 +62,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "PLUGIN_API_VERSION",
+    "AttributeReader",
     "Batch",
     "Component",
     "Conditioner",

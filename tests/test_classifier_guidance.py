@@ -31,7 +31,7 @@ from ddpmkit.testing import ReferenceImages, reference_model
 from ddpmkit_conditioning import ClassifierGuidance
 from ddpmkit_conditioning.classifier import ACCURACY_FILE
 from ddpmkit_conditioning.score import guide_eps, input_gradient, shift_mean
-from ddpmkit_datasets import ShapesDataset
+from ddpmkit_datasets import ShapesAttributeReader, ShapesDataset
 from ddpmkit_toy.mixture import GaussianMixture, MixtureParams
 
 # three isotropic classes in 2D that overlap under noise
@@ -410,6 +410,8 @@ def test_a_guidance_without_labels_is_one_message(write_pipeline: Callable[..., 
     """Data without labels give the guidance none to read: one ConfigError naming the key when
     sampling starts (the train-classifier stage refuses such data at build time already)."""
     registry.register("dataset", "test-unlabelled-shapes")(UnlabelledShapes)
+    # the file's [eval] attributes reads images back: the shapes reader, under this data's name
+    registry.register("attribute-reader", "test-unlabelled-shapes")(ShapesAttributeReader)
     registry.register("stage", "test-nothing")(DoNothing)
     try:
         path = write_pipeline(
@@ -422,6 +424,7 @@ def test_a_guidance_without_labels_is_one_message(write_pipeline: Callable[..., 
             pipeline.draw_samples(pipeline.model, 3, seed=0, progress=False)
     finally:
         registry.unregister("dataset", "test-unlabelled-shapes")
+        registry.unregister("attribute-reader", "test-unlabelled-shapes")
         registry.unregister("stage", "test-nothing")
     assert str(info.value).startswith(
         "sample.guidance: classifier guidance needs a class label (0 .. K-1) for every sample"

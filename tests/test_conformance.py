@@ -18,6 +18,7 @@ from ddpmkit.core import registry
 from ddpmkit.core.errors import PluginError
 from ddpmkit.core.model import DiffusionModel
 from ddpmkit.testing import (
+    AttributeReaderContract,
     ConditionerContract,
     DatasetContract,
     DenoiserContract,
@@ -187,6 +188,11 @@ class TestBundledDatasets(DatasetContract):
                     Image.new("RGB", (10, 12), color).save(folder / label / f"{i}.png")
             return {"path": str(folder), "image_size": 8}
         return super().params_for(name, tmp_path)
+
+
+class TestBundledAttributeReaders(AttributeReaderContract):
+    distribution = BUNDLED
+    data_params: ClassVar[dict[str, Any]] = {"image_size": 16, "num_examples": 8}
 
 
 class TestBundledConditioners(ConditionerContract):

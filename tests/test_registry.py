@@ -122,6 +122,7 @@ def test_bundled_components_register_through_entry_points() -> None:
         "denoiser": {"unet"},
         "sampler": {"ddpm", "ddim"},
         "dataset": {"shapes", "image-folder"},
+        "attribute-reader": {"shapes"},
     }
     for kind, bundled in expected.items():
         for name in bundled:

@@ -11,6 +11,7 @@ import torch
 import ddpmkit
 from ddpmkit import ConfigError
 from ddpmkit_conditioning.text import TextEncoder, WordTokenizer
+from ddpmkit_datasets import ShapesAttributeReader
 
 VOCAB = ["a", "circle", "left", "on", "red", "the"]
 
@@ -86,19 +87,21 @@ def test_bad_text_params_name_the_key() -> None:
 
 def test_shapes_caption_attributes_and_vocabulary() -> None:
     shapes = ddpmkit.create("dataset", "shapes", image_size=8, num_examples=400)
-    assert shapes.caption_attributes("a red circle on the left") == {
+    reader = ShapesAttributeReader()
+    reader.bind(shapes)
+    assert reader.caption_attributes("a red circle on the left") == {
         "shape": "circle",
         "color": "red",
         "position": "left",
     }
-    assert shapes.caption_attributes("A CYAN cross") == {"shape": "cross", "color": "cyan"}
-    assert shapes.caption_attributes("a red or blue thing") == {}  # two colours: neither
+    assert reader.caption_attributes("A CYAN cross") == {"shape": "cross", "color": "cyan"}
+    assert reader.caption_attributes("a red or blue thing") == {}  # two colours: neither
     # every caption of the data reads back as its own attributes; the cheap vocabulary is the
     # one the default (reading every caption) finds
     batch = shapes.batch(list(range(400)))
     for i, caption in enumerate(batch.captions):
         shape, color, where = shapes.attributes(i)
-        assert shapes.caption_attributes(caption) == {
+        assert reader.caption_attributes(caption) == {
             "shape": shape,
             "color": color,
             "position": where,

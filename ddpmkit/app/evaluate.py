@@ -1,5 +1,5 @@
 """The ``[eval]`` stage: NLL in bits/dim from every term of the variational bound, the SWD, and
-what a data set can read back from samples (diversity, adherence)."""
+what a data set's attribute reader reads back from samples (diversity, adherence)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ddpmkit.app.metrics import sliced_wasserstein
-from ddpmkit.core.interfaces import Dataset
+from ddpmkit.core import registry
+from ddpmkit.core.interfaces import AttributeReader, Dataset
 from ddpmkit.core.model import DiffusionModel
 
 
@@ -137,3 +138,36 @@ def attribute_adherence_by_key(
             pairs = [(r, {key: w[key]}) for r, w in zip(readings, wanted, strict=True) if key in w]
             result[f"adherence_{key}"] = attribute_adherence(*zip(*pairs, strict=True))
     return result
+
+
+def attribute_reader(data_type: str, dataset: Dataset) -> AttributeReader | None:
+    """The attribute reader registered under the data set's name ``data_type`` (kind
+    ``attribute-reader``), built and bound to ``dataset``; ``None`` when that data set has
+    none. A reader that is registered but cannot load is an error, not ``None``."""
+    if data_type not in registry.names("attribute-reader"):
+        return None
+    reader: AttributeReader = registry.create("attribute-reader", data_type)
+    reader.bind(dataset)
+    return reader
+
+
+def attribute_results(
+    reader: AttributeReader, samples: torch.Tensor, conditions: Any = None
+) -> dict[str, float]:
+    """What ``[eval] attributes`` reports of ``samples``: their diversity
+    (:func:`attribute_diversity`) and, when they were drawn for labels or captions whose
+    attributes the reader knows (``conditions``: one per sample; ``None`` for unconditional
+    samples, a tensor of images for image conditions: neither asks for attributes), their
+    adherence (:func:`attribute_adherence_by_key`)."""
+    readings = reader.read_attributes(samples)
+    results = attribute_diversity(readings)
+    if conditions is None or (torch.is_tensor(conditions) and conditions.ndim > 1):
+        return results
+    wanted = [
+        reader.caption_attributes(c) if isinstance(c, str) else reader.label_attributes(int(c))
+        for c in conditions
+    ]
+    asked = [w for w in wanted if w is not None]
+    if len(asked) == len(wanted):  # else some condition asks for nothing readable
+        results.update(attribute_adherence_by_key(readings, asked))
+    return results

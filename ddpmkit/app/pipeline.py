@@ -19,8 +19,8 @@ from ddpmkit.app.accel import autocast
 from ddpmkit.app.config import ComponentConfig, PipelineConfig, config_to_dict
 from ddpmkit.app.distributed import DistContext
 from ddpmkit.app.evaluate import (
-    attribute_adherence_by_key,
-    attribute_diversity,
+    attribute_reader,
+    attribute_results,
     data_batches,
     nll_bits_per_dim,
     swd_to_data,
@@ -319,11 +319,11 @@ class Pipeline:
         if eval_cfg is not None and eval_cfg.attributes:
             if self.sampler is None:
                 raise ConfigError("eval.attributes = true needs a [sample] section")
-            probe = torch.zeros(1, *self.eval_dataset.shape)
-            if self.eval_dataset.read_attributes(probe) is None:
+            data_type = (eval_cfg.data or self.config.data).type
+            if attribute_reader(data_type, self.eval_dataset) is None:
                 raise ConfigError(
-                    f"eval.attributes: data {(eval_cfg.data or self.config.data).type!r} "
-                    "has no reader of generated images (the shapes data has one)"
+                    f"eval.attributes: data {data_type!r} has no reader of generated images "
+                    "(an attribute-reader of that name; the shapes data has one)"
                 )
         if eval_cfg is not None and eval_cfg.swd and self.sampler is None:
             raise ConfigError("eval.swd = true needs a [sample] section to draw the samples")
@@ -652,24 +652,11 @@ class Pipeline:
             results["swd"] = swd_to_data(samples, data, cfg.swd_projections, generator)
         if cfg.attributes:
             samples = self.draw_samples(model, cfg.attributes_samples, seed=seed, progress=progress)
-            readings = self.eval_dataset.read_attributes(samples)
-            if readings is None:  # check_compatible refuses this; a data set may still change
-                raise ConfigError("eval.attributes: the data set cannot read images back")
-            results["attributes"] = attribute_diversity(readings)
+            reader = attribute_reader((cfg.data or self.config.data).type, self.eval_dataset)
+            if reader is None:  # check_compatible refuses this; a registry may still change
+                raise ConfigError("eval.attributes: the data set has no attribute reader")
             raw = self.sample_conditions(cfg.attributes_samples)
-            # labels or captions: their attributes are the asked ones (not images)
-            if raw is not None and not (torch.is_tensor(raw) and raw.ndim > 1):
-                asked = self.eval_dataset
-                wanted = [
-                    asked.caption_attributes(c)
-                    if isinstance(c, str)
-                    else asked.label_attributes(int(c))
-                    for c in raw
-                ]
-                if all(w is not None for w in wanted):
-                    results["attributes"].update(
-                        attribute_adherence_by_key(readings, wanted)  # type: ignore[arg-type]
-                    )
+            results["attributes"] = attribute_results(reader, samples, raw)
         write_eval(directory, results)
         if progress:
             summary = {k: v for k, v in results.items() if k != "terms_bits_per_dim"}

@@ -482,7 +482,9 @@ class Dataset(Component, abc.ABC):
     """A data set component (kind ``dataset``, a supporting kind beside the six interfaces).
 
     Examples are indexed ``0 .. len-1``; every example has ``channels`` channels and is
-    ``image_size`` pixels square. ``num_classes`` is 0 for unlabelled data.
+    ``image_size`` pixels square. ``num_classes`` is 0 for unlabelled data. A data set whose
+    generated images can be read back (``[eval] attributes``) registers an
+    :class:`AttributeReader` under its own name.
     """
 
     channels: int
@@ -512,11 +514,35 @@ class Dataset(Component, abc.ABC):
             captions=tuple(e.caption for e in examples),
         )
 
-    def read_attributes(self, images: torch.Tensor) -> list[dict[str, str] | None] | None:
-        """Read generated ``images`` back into the attributes this data set draws (e.g.
-        ``{"shape": "circle", "color": "red", "position": "left"}``), ``None`` for an image
-        that shows none; ``None`` overall when the data set has no reader (the default)."""
-        return None
+    def caption_vocabulary(self) -> list[str]:
+        """The sorted distinct words (:func:`caption_words`) of this data set's captions: the
+        vocabulary a text conditioner is built with. The default reads every example."""
+        found: set[str] = set()
+        for start in range(0, len(self), 256):
+            batch = self.batch(list(range(start, min(len(self), start + 256))))
+            found.update(w for caption in batch.captions for w in caption_words(caption))
+        return sorted(found)
+
+
+class AttributeReader(Component, abc.ABC):
+    """Reads generated images back into the attributes a data set draws (kind
+    ``attribute-reader``, optional: most data sets have none).
+
+    A reader is registered under the name of the data set it reads (``shapes``), which is how
+    ``[eval] attributes`` finds it; it is built with its own (usually empty) ``Params`` and
+    :meth:`bind`-ed to the data set before it reads anything. Attributes are named strings,
+    e.g. ``{"shape": "circle", "color": "red", "position": "left"}``.
+    """
+
+    def bind(self, dataset: Dataset) -> None:
+        """Called once with the data set whose samples this reader reads, before any reading.
+        A reader whose labels mean something only through the data set's params (the order
+        of ``shapes``' shapes) records it here; the default does nothing."""
+
+    @abc.abstractmethod
+    def read_attributes(self, images: torch.Tensor) -> list[dict[str, str] | None]:
+        """The attributes each of ``images`` (``(B, *dataset.shape)`` in ``[-1, 1]``) shows,
+        ``None`` for an image that shows none: one entry per image."""
 
     def label_attributes(self, label: int) -> dict[str, str] | None:
         """The attributes a label stands for (``shapes``: ``{"shape": "circle"}``), against
@@ -530,15 +556,6 @@ class Dataset(Component, abc.ABC):
         sample drawn for it is checked; ``None`` (the default) when captions have no readable
         meaning."""
         return None
-
-    def caption_vocabulary(self) -> list[str]:
-        """The sorted distinct words (:func:`caption_words`) of this data set's captions: the
-        vocabulary a text conditioner is built with. The default reads every example."""
-        found: set[str] = set()
-        for start in range(0, len(self), 256):
-            batch = self.batch(list(range(start, min(len(self), start + 256))))
-            found.update(w for caption in batch.captions for w in caption_words(caption))
-        return sorted(found)
 
 
 # ---------------------------------------------------------------------------------------------

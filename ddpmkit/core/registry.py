@@ -25,6 +25,7 @@ KIND_GROUPS: Mapping[str, str] = {
     "guidance": "ddpmkit.guidance",
     "conditioner": "ddpmkit.conditioners",
     "dataset": "ddpmkit.datasets",
+    "attribute-reader": "ddpmkit.attribute_readers",
     "variance": "ddpmkit.variances",
     "weighting": "ddpmkit.weightings",
     "objective": "ddpmkit.objectives",

@@ -16,6 +16,7 @@ plugins with these same classes.
 from __future__ import annotations
 
 from ddpmkit.testing.contracts import (
+    AttributeReaderContract,
     ComponentContract,
     ConditionerContract,
     DatasetContract,
@@ -44,6 +45,7 @@ from ddpmkit.testing.reference import (
 
 __all__ = [
     "DATA_STD",
+    "AttributeReaderContract",
     "ComponentContract",
     "ConditionerContract",
     "DatasetContract",

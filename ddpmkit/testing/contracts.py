@@ -22,6 +22,8 @@ import torch
 from ddpmkit.core import hookspecs, plugin_policy, registry
 from ddpmkit.core.errors import ConfigError
 from ddpmkit.core.interfaces import (
+    AttributeReader,
+    Batch,
     Conditioner,
     Conditioning,
     Dataset,
@@ -524,6 +526,60 @@ class DatasetContract(ComponentContract):
         assert torch.equal(a[0].image, b[0].image) and len(a) == len(b)
 
 
+class AttributeReaderContract(ComponentContract):
+    """Attribute readers: bound to the data set whose name they are registered under, they
+    read one entry per image (a dict of strings, or ``None``), the same readings twice, and the
+    data's own examples as their labels and captions say (on at least ``agreement`` of them)."""
+
+    kind = "attribute-reader"
+    interface = AttributeReader
+    data_params: ClassVar[Mapping[str, Any]] = {}
+    """Parameters of a small instance of the data set the reader reads."""
+    agreement: ClassVar[float] = 0.9
+    """The least fraction of the data's own examples that must read as their labels and
+    captions ask (those that ask for nothing are not counted)."""
+
+    def dataset_for(self, name: str, tmp_path: Path) -> Dataset:
+        """The data set the reader reads: the ``dataset`` registered as ``name``, built with
+        ``data_params`` (override to create files in ``tmp_path``)."""
+        return registry.create("dataset", name, **self.data_params)
+
+    def _bound(self, name: str, tmp_path: Path) -> tuple[AttributeReader, Batch]:
+        reader: AttributeReader = self.build(name, tmp_path)
+        data = self.dataset_for(name, tmp_path)
+        reader.bind(data)
+        return reader, data.batch(list(range(min(len(data), 8))))
+
+    def test_reads_one_entry_per_image(self, component_name: str, tmp_path: Path) -> None:
+        reader, batch = self._bound(component_name, tmp_path)
+        readings = reader.read_attributes(batch.images)
+        assert len(readings) == len(batch.images)
+        for reading in readings:
+            assert reading is None or all(
+                isinstance(k, str) and isinstance(v, str) for k, v in reading.items()
+            ), reading
+        assert reader.read_attributes(batch.images) == readings, "not deterministic"
+
+    def test_reads_the_data_as_labels_and_captions_ask(
+        self, component_name: str, tmp_path: Path
+    ) -> None:
+        reader, batch = self._bound(component_name, tmp_path)
+        readings = reader.read_attributes(batch.images)
+        checked = []
+        for reading, label, caption in zip(
+            readings, batch.labels.tolist(), batch.captions, strict=True
+        ):
+            asked: dict[str, str] = {}
+            if label >= 0:
+                asked.update(reader.label_attributes(label) or {})
+            asked.update(reader.caption_attributes(caption) or {})
+            if asked:
+                checked.append(reading is not None and reading.items() >= asked.items())
+        if not checked:
+            pytest.skip("the data's labels and captions ask for no attribute")
+        assert sum(checked) >= self.agreement * len(checked), f"{sum(checked)} of {len(checked)}"
+
+
 class VarianceContract(ComponentContract):
     """Reverse variances: finite log sigma^2, broadcastable, between the two fixed bounds
     log beta~ and log beta (Ho et al. section 3.2; Bao et al. 2022 show the optimum is)."""
@@ -761,6 +817,7 @@ def contract_classes() -> Iterable[type[ComponentContract]]:
         ConditionerContract,
         GuidanceContract,
         DatasetContract,
+        AttributeReaderContract,
         VarianceContract,
         WeightingContract,
         ObjectiveContract,

@@ -102,6 +102,12 @@ SECTIONS = {
 }
 """The pipeline.toml section of each kind whose section is not named after the kind."""
 
+UNNAMED = {
+    "attribute-reader": "`pipeline.toml` never names it: `[eval] attributes = true` reads samples "
+    'of the data set `type = "{name}"` with it.',
+}
+"""What to say instead of the pipeline.toml section for kinds that a file does not name."""
+
 
 def page_name(kind: str, name: str) -> str:
     """The file name of a component's page: ``schedule-cosine.md``, ``sampler-dpm-solverpp.md``."""
@@ -121,8 +127,12 @@ def component_page(kind: str, name: str) -> str:
         first_paragraph(cls),
         "",
         f"Class `{rec.value}`, kind `{kind}` (entry-point group `{registry.KIND_GROUPS[kind]}`). "
-        f'In `pipeline.toml`: `[{section}]` with `type = "{name}"` and the keys below. '
-        "[All bundled components](index.md).",
+        + (
+            UNNAMED[kind].format(name=name) + " "
+            if kind in UNNAMED
+            else f'In `pipeline.toml`: `[{section}]` with `type = "{name}"` and the keys below. '
+        )
+        + "[All bundled components](index.md).",
         "",
     ]
     fields = cls.Params.model_fields

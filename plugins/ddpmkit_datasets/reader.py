@@ -1,4 +1,5 @@
-"""Reading a ``shapes`` image back: which shape, which colour, where (no learned classifier)."""
+"""Reading a ``shapes`` image back: which shape, which colour, where (no learned classifier),
+and the ``shapes`` attribute reader that ``[eval] attributes`` uses."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import attrs
 import numpy as np
 import torch
 
+from ddpmkit import AttributeReader, ConfigError, Dataset, Params, caption_words
 from ddpmkit_datasets._render import BACKGROUND, COLORS, SHAPES, coverage, coverage_image
+from ddpmkit_datasets.shapes import POSITIONS, ShapesDataset
 
 MIN_COVERAGE = 0.02
 """A reading needs at least this fraction of the image in the foreground."""
@@ -110,3 +113,47 @@ def _shape_constants() -> tuple[dict[str, float], dict[str, tuple[float, float]]
 
 
 _AREA_PER_HALF_SQUARED, _CENTROID_OFFSET = _shape_constants()
+
+
+class ShapesAttributeReader(AttributeReader):
+    """The ``shapes`` data's reader: shape, colour and position of a generated image, read
+    analytically (:func:`read_shape`); a label is a shape, a caption names any of the three.
+
+    Registered as ``attribute-reader`` ``shapes``, the name of the data set it reads.
+    """
+
+    def __init__(self, params: Params | None = None) -> None:
+        super().__init__(params)
+        self._shapes: tuple[str, ...] = SHAPES  # the default data's; bind() sets the data's
+
+    def bind(self, dataset: Dataset) -> None:
+        """Record the data's ``shapes``, whose order gives each label its shape."""
+        if not isinstance(dataset, ShapesDataset):
+            raise ConfigError(
+                f"attribute-reader 'shapes' reads the shapes data set, not {type(dataset).__name__}"
+            )
+        self._shapes = dataset.params.shapes
+
+    def read_attributes(self, images: torch.Tensor) -> list[dict[str, str] | None]:
+        """Shape, colour and position of each image, ``None`` where no shape is read."""
+        return [
+            {"shape": r.shape, "color": r.color, "position": r.position}  # type: ignore[dict-item]
+            if r.readable
+            else None
+            for r in read_shapes(images)
+        ]
+
+    def label_attributes(self, label: int) -> dict[str, str]:
+        """A label is the index of its shape in the data's ``shapes``."""
+        return {"shape": self._shapes[label]}
+
+    def caption_attributes(self, caption: str) -> dict[str, str]:
+        """The shape, colour and position a caption names (any it leaves out are not asked
+        for): ``"a red circle on the left"`` -> shape circle, colour red, position left."""
+        found: dict[str, str] = {}
+        said = caption_words(caption)
+        for key, names in (("shape", SHAPES), ("color", tuple(COLORS)), ("position", POSITIONS)):
+            named = [name for name in names if name in said]
+            if len(named) == 1:  # none, or a caption naming two, asks for nothing definite
+                found[key] = named[0]
+        return found

@@ -1,4 +1,5 @@
-"""``shapes``: a procedural data set of one coloured geometric shape per image, with captions."""
+"""``shapes``: a procedural data set of one coloured geometric shape per image, with captions
+(its reader of generated images is :class:`~ddpmkit_datasets.reader.ShapesAttributeReader`)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ from pydantic import Field, model_validator
 from ddpmkit import Batch, Dataset, Example, Params, caption_words
 from ddpmkit_datasets._cache import PixelCache, as_index
 from ddpmkit_datasets._render import COLORS, SHAPES, ColorName, ShapeName, render
-from ddpmkit_datasets.reader import read_shapes
 
 PositionName = Literal["left", "right", "top", "bottom", "center"]
 POSITIONS: dict[PositionName, tuple[int, int, str]] = {
@@ -123,17 +123,6 @@ class ShapesDataset(Dataset):
             }
         )
 
-    def caption_attributes(self, caption: str) -> dict[str, str]:
-        """The shape, colour and position a caption names (any it leaves out are not asked
-        for): ``"a red circle on the left"`` -> shape circle, colour red, position left."""
-        found: dict[str, str] = {}
-        said = caption_words(caption)
-        for key, names in (("shape", SHAPES), ("color", tuple(COLORS)), ("position", POSITIONS)):
-            named = [name for name in names if name in said]
-            if len(named) == 1:  # none, or a caption naming two, asks for nothing definite
-                found[key] = named[0]
-        return found
-
     def _make(self, index: int) -> torch.Tensor:
         shape, color, _, cx, cy, half = self._layout(index)
         p = self.params
@@ -146,20 +135,6 @@ class ShapesDataset(Dataset):
         """The example at ``index``."""
         batch = self.batch([as_index(index, len(self))])
         return Example(image=batch.images[0], label=int(batch.labels[0]), caption=batch.captions[0])
-
-    def read_attributes(self, images: torch.Tensor) -> list[dict[str, str] | None]:
-        """Shape, colour and position of each image, read analytically (:func:`read_shape`)."""
-        readings = read_shapes(images)
-        return [
-            {"shape": r.shape, "color": r.color, "position": r.position}  # type: ignore[dict-item]
-            if r.readable
-            else None
-            for r in readings
-        ]
-
-    def label_attributes(self, label: int) -> dict[str, str]:
-        """A label is the index of its shape in ``params.shapes``."""
-        return {"shape": self.params.shapes[label]}
 
     def batch(self, indices: list[int]) -> Batch:
         """The examples at ``indices``, collated from the cache (rendering what is missing)."""

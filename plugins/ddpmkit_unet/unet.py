@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 import torch
+import torch.nn.functional as F  # noqa: N812 - the usual name
 from pydantic import Field, model_validator
 from torch import nn
 from torch.utils.checkpoint import checkpoint
@@ -12,7 +13,6 @@ from torch.utils.checkpoint import checkpoint
 from ddpmkit import Conditioning, Denoiser, Params
 from ddpmkit_unet.blocks import AttentionBlock, Downsample, ResBlock, Upsample, zero_init
 from ddpmkit_unet.embeddings import TimeEmbedding
-from ddpmkit_unet.group_norm import GroupNorm
 
 PositiveInt = Annotated[int, Field(ge=1, le=64)]
 
@@ -176,7 +176,7 @@ class UNet(Denoiser):
             if level > 0:
                 self.upsample.append(Upsample(ch))
 
-        self.norm_out = GroupNorm(p.groups, ch)
+        self.norm_out = nn.GroupNorm(p.groups, ch)
         self.conv_out = zero_init(nn.Conv2d(ch, self._out_channels, 3, padding=1))
 
     @property
@@ -273,22 +273,6 @@ class UNet(Denoiser):
             )
         return context.to(x_t.dtype), None if mask is None else mask.to(torch.bool)
 
-    def _conv_weights_channels_last(self, channels_last: bool) -> None:
-        """Store the convolution weights channels-last (or back in the default layout), in
-        place, when they are not already: on the CPU in float32 the activations are
-        channels-last, and a weight in another layout is reordered at every call. The same
-        parameter objects keep the same values (optimizers and checkpoints are unaffected)."""
-        weight = self.conv_in.weight
-        if weight.is_contiguous(memory_format=torch.channels_last) == channels_last:
-            return
-        layout = torch.channels_last if channels_last else torch.contiguous_format
-        # a plain tensor even when called under inference mode (sampling), so training later
-        # can still save it for backward
-        with torch.inference_mode(False), torch.no_grad():
-            for module in self.modules():
-                if isinstance(module, nn.Conv2d):
-                    module.weight.data = module.weight.data.contiguous(memory_format=layout)
-
     def _run(self, block: nn.Module, *args: torch.Tensor | None) -> torch.Tensor:
         """``block(*args)``, recomputed in the backward pass under gradient checkpointing."""
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
@@ -305,14 +289,6 @@ class UNet(Denoiser):
         emb = self._embedding(t, cond, x_t)
         context, mask = self._context(cond, x_t)
 
-        if h.device.type == "cpu":
-            # oneDNN's native layout for float32: every convolution then skips two reorders
-            # of its input and one of its weight (bench/speed_unet.py; under bf16 autocast it
-            # is slower, so not then); on GPUs train.channels_last decides
-            fp32 = not _cpu_autocast()
-            self._conv_weights_channels_last(fp32)
-            if fp32:
-                h = h.contiguous(memory_format=torch.channels_last)
         h = self.conv_in(h)
         skips = [h]
         run = self._run
@@ -341,12 +317,4 @@ class UNet(Denoiser):
             if level > 0:
                 h = self.upsample[i](h)
 
-        return self.conv_out(self.norm_out.forward_silu(h)).contiguous()
-
-
-def _cpu_autocast() -> bool:
-    """Whether autocast is on for the CPU (the one-argument form is torch >= 2.4)."""
-    try:
-        return bool(torch.is_autocast_enabled("cpu"))
-    except TypeError:  # pragma: no cover - torch < 2.4
-        return bool(torch.is_autocast_cpu_enabled())
+        return self.conv_out(F.silu(self.norm_out(h)))

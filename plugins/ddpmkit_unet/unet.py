@@ -131,53 +131,54 @@ class UNet(Denoiser):
         emb_dim = 4 * p.base_channels
         self.time_embed = TimeEmbedding(p.time_embedding, p.base_channels, emb_dim, p.fourier_scale)
         self.cond_embed = nn.Linear(p.cond_embed_dim, emb_dim) if p.cond_embed_dim > 0 else None
-
-        def res(c_in: int, c_out: int) -> ResBlock:
-            return ResBlock(
-                c_in, c_out, emb_dim, p.groups, p.dropout, p.time_injection == "scale-shift"
-            )
-
-        def attn(c: int) -> AttentionBlock:
-            return AttentionBlock(c, p.num_heads, p.groups, p.context_dim)
-
         self.conv_in = nn.Conv2d(p.in_channels + p.cond_channels, p.base_channels, 3, padding=1)
-        ch = p.base_channels
-        skips = [ch]
         # Flat lists, ``num_res_blocks`` (down) or ``num_res_blocks + 1`` (up) blocks per level;
         # attention blocks are keyed by the index of the residual block they follow.
         self.num_res_blocks = p.num_res_blocks
+        skips = self._build_down(p, emb_dim)
+        ch = skips[-1]
+        self.mid_res1 = _res_block(p, emb_dim, ch, ch)
+        self.mid_attn = _attention_block(p, ch)
+        self.mid_res2 = _res_block(p, emb_dim, ch, ch)
+        ch = self._build_up(p, emb_dim, skips)
+        self.norm_out = nn.GroupNorm(p.groups, ch)
+        self.conv_out = zero_init(nn.Conv2d(ch, self._out_channels, 3, padding=1))
+
+    def _build_down(self, p: UNetParams, emb_dim: int) -> list[int]:
+        """The down path's blocks; returns the channel count of every skip connection."""
+        ch = p.base_channels
+        skips = [ch]
         self.down_res = nn.ModuleList()
         self.down_attn = nn.ModuleDict()
         self.downsample = nn.ModuleList()
         for level, mult in enumerate(p.channel_mults):
             for _ in range(p.num_res_blocks):
-                self.down_res.append(res(ch, p.base_channels * mult))
+                self.down_res.append(_res_block(p, emb_dim, ch, p.base_channels * mult))
                 ch = p.base_channels * mult
                 if level in p.attention_levels:
-                    self.down_attn[str(len(self.down_res) - 1)] = attn(ch)
+                    self.down_attn[str(len(self.down_res) - 1)] = _attention_block(p, ch)
                 skips.append(ch)
             if level < self.num_levels - 1:
                 self.downsample.append(Downsample(ch))
                 skips.append(ch)
+        return skips
 
-        self.mid_res1 = res(ch, ch)
-        self.mid_attn = attn(ch)
-        self.mid_res2 = res(ch, ch)
-
+    def _build_up(self, p: UNetParams, emb_dim: int, skips: list[int]) -> int:
+        """The up path's blocks, consuming ``skips``; returns its output channel count."""
+        ch = skips[-1]
         self.up_res = nn.ModuleList()
         self.up_attn = nn.ModuleDict()
         self.upsample = nn.ModuleList()
         for level in reversed(range(self.num_levels)):
+            out = p.base_channels * p.channel_mults[level]
             for _ in range(p.num_res_blocks + 1):
-                self.up_res.append(res(ch + skips.pop(), p.base_channels * p.channel_mults[level]))
-                ch = p.base_channels * p.channel_mults[level]
+                self.up_res.append(_res_block(p, emb_dim, ch + skips.pop(), out))
+                ch = out
                 if level in p.attention_levels:
-                    self.up_attn[str(len(self.up_res) - 1)] = attn(ch)
+                    self.up_attn[str(len(self.up_res) - 1)] = _attention_block(p, ch)
             if level > 0:
                 self.upsample.append(Upsample(ch))
-
-        self.norm_out = nn.GroupNorm(p.groups, ch)
-        self.conv_out = zero_init(nn.Conv2d(ch, self._out_channels, 3, padding=1))
+        return ch
 
     @property
     def in_channels(self) -> int:
@@ -318,3 +319,13 @@ class UNet(Denoiser):
                 h = self.upsample[i](h)
 
         return self.conv_out(F.silu(self.norm_out(h)))
+
+
+def _res_block(p: UNetParams, emb_dim: int, c_in: int, c_out: int) -> ResBlock:
+    """A residual block with the U-Net's groups, dropout and time injection."""
+    return ResBlock(c_in, c_out, emb_dim, p.groups, p.dropout, p.time_injection == "scale-shift")
+
+
+def _attention_block(p: UNetParams, channels: int) -> AttentionBlock:
+    """An attention block with the U-Net's heads, groups and context width."""
+    return AttentionBlock(channels, p.num_heads, p.groups, p.context_dim)

@@ -11,7 +11,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ddpmkit import Conditioning, Denoiser, Params
-from ddpmkit_unet.blocks import AttentionBlock, Downsample, ResBlock, Upsample, zero_init
+from ddpmkit_unet.attention import AttentionBlock
+from ddpmkit_unet.blocks import Downsample, ResBlock, Upsample, zero_init
 from ddpmkit_unet.embeddings import TimeEmbedding
 
 PositiveInt = Annotated[int, Field(ge=1, le=64)]

@@ -1,8 +1,8 @@
 """Run the CPU speed benchmarks and write their tables into docs/benchmarks.md.
 
 ``python bench/run_all.py [--quick] [--no-write]``: sampling loops, the U-Net against
-diffusers, its GroupNorm kernels against PyTorch's, trainer overhead and the demo run (which
-trains the full demo once, about three minutes on 2 cores; ``--quick`` shortens everything).
+diffusers, trainer overhead and the demo run (which trains the full demo once, about three
+minutes on 2 cores; ``--quick`` shortens everything).
 Each benchmark runs in a fresh process. The tables replace the text between the
 ``speed-results`` markers of docs/benchmarks.md, each with its machine and date. The GPU
 benchmark is separate: ``bench/gpu.sh`` on a machine with a GPU.
@@ -20,7 +20,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 DOC = HERE.parent / "docs" / "benchmarks.md"
 START, END = "<!-- speed-results:start -->", "<!-- speed-results:end -->"
-MODULES = ("speed_sampling", "speed_unet", "speed_group_norm", "speed_trainer", "speed_demo")
+MODULES = ("speed_sampling", "speed_unet", "speed_trainer", "speed_demo")
 
 
 def run_module(name: str, quick: bool) -> str:

@@ -262,45 +262,6 @@ def test_a_sampler_used_on_two_schedules_in_turn_samples_what_a_fresh_one_does(
         assert torch.equal(got, want)
 
 
-def test_the_cpu_unet_keeps_its_convolution_weights_channels_last_in_float32() -> None:
-    """On the CPU in float32 the U-Net stores its convolution weights channels-last (once, in
-    place: the same parameters, the same values); under bf16 autocast it puts them back."""
-    torch.manual_seed(0)
-    net = create("denoiser", "unet", base_channels=8, channel_mults=(1, 2), groups=4)
-    torch.nn.init.normal_(net.conv_out.weight)  # zero-initialised: make the output depend on x
-    conv = net.conv_in.weight
-    x, t = torch.randn(2, 3, 8, 8), torch.tensor([3, 7])
-    before = conv.detach().clone()
-    with torch.inference_mode():
-        first = net(x, t)
-    assert net.conv_in.weight is conv and torch.equal(conv, before)
-    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
-    assert not conv.is_inference()  # still trainable after a first call in inference mode
-    assert torch.equal(net(x, t), first)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        net(x, t)
-    assert conv.is_contiguous()
-
-
-def test_the_unet_1x1_skip_is_the_convolution_as_a_matrix_product() -> None:
-    """The skip projection on a channels-last CPU input: a GEMM whose outputs and gradients
-    are the convolution's up to summation order; the same state-dict keys."""
-    from ddpmkit_unet.blocks import Conv1x1
-
-    torch.manual_seed(0)
-    skip = Conv1x1(6, 4)
-    assert set(skip.state_dict()) == {"weight", "bias"}
-    x = torch.randn(3, 6, 5, 5).contiguous(memory_format=torch.channels_last).requires_grad_()
-    out = skip(x)
-    conv = torch.nn.functional.conv2d(x, skip.weight, skip.bias)
-    torch.testing.assert_close(out, conv, rtol=0, atol=1e-6)
-    assert out.is_contiguous(memory_format=torch.channels_last)
-    grads = torch.autograd.grad(out.square().sum(), (x, skip.weight))
-    expected = torch.autograd.grad(conv.square().sum(), (x, skip.weight))
-    for got, want in zip(grads, expected, strict=True):
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-
-
 def test_bf16_sampling_stage(write_pipeline: Callable[..., Path], tmp_path: Path) -> None:
     """``sample.precision = "bf16"``: the samples come back float32 and close to fp32's."""
     pipeline = Pipeline.build(load_config(write_pipeline()))

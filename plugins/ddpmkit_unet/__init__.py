@@ -2,14 +2,8 @@
 
 from __future__ import annotations
 
-from ddpmkit_unet.blocks import (
-    AttentionBlock,
-    CrossAttention2d,
-    Downsample,
-    ResBlock,
-    SelfAttention2d,
-    Upsample,
-)
+from ddpmkit_unet.attention import AttentionBlock, CrossAttention2d, SelfAttention2d
+from ddpmkit_unet.blocks import Downsample, ResBlock, Upsample
 from ddpmkit_unet.embeddings import FourierEmbedding, SinusoidalEmbedding, TimeEmbedding
 from ddpmkit_unet.unet import UNet, UNetParams
 

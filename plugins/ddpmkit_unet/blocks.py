@@ -1,4 +1,4 @@
-"""U-Net blocks: residual, attention, resampling (Ho et al. 2020; Dhariwal & Nichol 2021).
+"""U-Net blocks: residual and resampling (Ho et al. 2020; Dhariwal & Nichol 2021).
 
 Every block keeps the dtype rules of the denoiser contract: it computes in the dtype of its
 inputs, or in whatever dtype ``torch.autocast`` chooses for each operation.
@@ -12,8 +12,6 @@ import torch
 import torch.nn.functional as F  # noqa: N812 - the usual name
 from torch import nn
 
-from ddpmkit_unet.group_norm import GroupNorm
-
 M = TypeVar("M", bound=nn.Module)
 
 
@@ -22,33 +20,6 @@ def zero_init(module: M) -> M:
     for p in module.parameters():
         nn.init.zeros_(p)
     return module
-
-
-class Conv1x1(nn.Conv2d):
-    """A 1x1 convolution (the residual blocks' skip projection), computed on the CPU as the
-    matrix product over channels it is when the input is channels-last: PyTorch's CPU path for
-    1x1 convolutions is its slow im2col one. Same parameters (``weight`` ``(C_out, C_in, 1,
-    1)``, ``bias``) and the same outputs; the weight gradient sums over the batch in another
-    order (last-bit differences). Elsewhere (GPUs) an ordinary convolution."""
-
-    def __init__(self, in_channels: int, out_channels: int) -> None:
-        super().__init__(in_channels, out_channels, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, C_in, H, W)`` -> ``(B, C_out, H, W)``, channels-last on the CPU."""
-        if x.device.type != "cpu" or not x.is_contiguous(memory_format=torch.channels_last):
-            return super().forward(x)
-        # channels-last memory is (B, H, W, C): a linear map of its last dimension
-        out = F.linear(x.permute(0, 2, 3, 1), self.weight.flatten(1), self.bias)
-        return out.permute(0, 3, 1, 2)
-
-
-def add_into(fresh: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
-    """``fresh + other``, written into ``fresh`` (a tensor the caller just made, which no
-    backward pass reads) when that keeps the sum's dtype; a new tensor otherwise."""
-    if torch.promote_types(fresh.dtype, other.dtype) != fresh.dtype:
-        return fresh + other
-    return fresh.add_(other)
 
 
 class ResBlock(nn.Module):
@@ -71,134 +42,28 @@ class ResBlock(nn.Module):
     ) -> None:
         super().__init__()
         self.scale_shift = scale_shift
-        self.norm1 = GroupNorm(groups, in_channels)
+        self.norm1 = nn.GroupNorm(groups, in_channels)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
         emb_out = 2 * out_channels if scale_shift else out_channels
         self.emb_proj = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, emb_out))
-        self.norm2 = GroupNorm(groups, out_channels)
+        self.norm2 = nn.GroupNorm(groups, out_channels)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
-        self.skip: nn.Module = (
-            nn.Identity() if in_channels == out_channels else Conv1x1(in_channels, out_channels)
-        )
+        self.skip: nn.Module = nn.Identity()
+        if in_channels != out_channels:
+            self.skip = nn.Conv2d(in_channels, out_channels, 1)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         """``x`` ``(B, C_in, H, W)``, ``emb`` ``(B, D)`` -> ``(B, C_out, H, W)``."""
-        # GroupNorm and SiLU in one pass where the compiled kernels apply; without autograd
-        # the SiLU may overwrite the fresh tensor it reads; with it, the additions may (a
-        # convolution's backward does not read its output)
-        h = self.conv1(self.norm1.forward_silu(x))
-        e = self.emb_proj(emb)
+        h = self.conv1(F.silu(self.norm1(x)))
+        e = self.emb_proj(emb)[:, :, None, None]
         if self.scale_shift:
-            scale, shift = e[:, :, None, None].chunk(2, dim=1)
-            h = F.silu(self.norm2(h) * (1 + scale) + shift, inplace=not torch.is_grad_enabled())
+            scale, shift = e.chunk(2, dim=1)
+            h = self.norm2(h) * (1 + scale) + shift
         else:
-            # the time embedding added to every pixel inside the norm's pass
-            h = self.norm2.forward_silu(h, shift=e)
-        h = self.conv2(self.dropout(h))
-        return add_into(h, self.skip(x))
-
-
-def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
-    """``(B, L, C)`` -> ``(B, heads, L, C / heads)``."""
-    b, n, c = x.shape
-    return x.view(b, n, heads, c // heads).transpose(1, 2)
-
-
-def _merge_heads(x: torch.Tensor) -> torch.Tensor:
-    """``(B, heads, L, d)`` -> ``(B, L, heads * d)``."""
-    b, heads, n, d = x.shape
-    return x.transpose(1, 2).reshape(b, n, heads * d)
-
-
-def _to_tokens(x: torch.Tensor) -> torch.Tensor:
-    """``(B, C, H, W)`` -> ``(B, H * W, C)``."""
-    return x.flatten(2).transpose(1, 2)
-
-
-def _to_map(tokens: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """``(B, H * W, C)`` -> ``(B, C, H, W)`` shaped like ``like``."""
-    return tokens.transpose(1, 2).reshape(like.shape)
-
-
-class SelfAttention2d(nn.Module):
-    """Multi-head self-attention over the pixels of a feature map (Ho et al. 2020), residual."""
-
-    def __init__(self, channels: int, num_heads: int, groups: int) -> None:
-        super().__init__()
-        if channels % num_heads:
-            raise ValueError(f"{channels} channels cannot be split into {num_heads} heads")
-        self.num_heads = num_heads
-        self.norm = GroupNorm(groups, channels)
-        self.qkv = nn.Linear(channels, 3 * channels)
-        self.proj = zero_init(nn.Linear(channels, channels))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, C, H, W)`` -> ``(B, C, H, W)``."""
-        q, k, v = self.qkv(_to_tokens(self.norm(x))).chunk(3, dim=-1)
-        heads = self.num_heads
-        out = F.scaled_dot_product_attention(
-            _split_heads(q, heads), _split_heads(k, heads), _split_heads(v, heads)
-        )
-        out = self.proj(_merge_heads(out))
-        # the residual added in place to the projection's fresh output, in token layout
-        return _to_map(add_into(out, _to_tokens(x)), x)
-
-
-class CrossAttention2d(nn.Module):
-    """Pixels attend to a token sequence with a key padding mask (Rombach et al. 2022), residual."""
-
-    def __init__(self, channels: int, context_dim: int, num_heads: int, groups: int) -> None:
-        super().__init__()
-        if channels % num_heads:
-            raise ValueError(f"{channels} channels cannot be split into {num_heads} heads")
-        self.num_heads = num_heads
-        self.norm = GroupNorm(groups, channels)
-        self.q = nn.Linear(channels, channels)
-        self.kv = nn.Linear(context_dim, 2 * channels)
-        self.proj = zero_init(nn.Linear(channels, channels))
-
-    def forward(
-        self, x: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """``x`` ``(B, C, H, W)``, ``context`` ``(B, L, D)``, ``mask`` ``(B, L)`` (True: real)."""
-        heads = self.num_heads
-        q = _split_heads(self.q(_to_tokens(self.norm(x))), heads)
-        k, v = (_split_heads(z, heads) for z in self.kv(context).chunk(2, dim=-1))
-        attn_mask = None
-        keep: torch.Tensor | None = None
-        if mask is not None:
-            # A sample whose tokens are all masked has nothing to attend to: let it attend to
-            # everything (avoiding a NaN softmax) and then drop its cross-attention output.
-            keep = mask.any(dim=-1)
-            attn_mask = (mask | ~keep[:, None])[:, None, None, :]
-        out = self.proj(_merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask)))
-        if keep is not None:
-            out = out * keep[:, None, None].to(out.dtype)
-        return x + _to_map(out, x)
-
-
-class AttentionBlock(nn.Module):
-    """Self-attention, then cross-attention when ``context_dim > 0`` (Ho et al.; Rombach et al.)."""
-
-    def __init__(self, channels: int, num_heads: int, groups: int, context_dim: int = 0) -> None:
-        super().__init__()
-        self.self_attn = SelfAttention2d(channels, num_heads, groups)
-        self.cross_attn = (
-            CrossAttention2d(channels, context_dim, num_heads, groups) if context_dim > 0 else None
-        )
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        context: torch.Tensor | None = None,
-        mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """``(B, C, H, W)`` -> ``(B, C, H, W)``; cross-attention is skipped without ``context``."""
-        x = self.self_attn(x)
-        if self.cross_attn is not None and context is not None:
-            x = self.cross_attn(x, context, mask)
-        return x
+            h = self.norm2(h + e)
+        h = self.conv2(self.dropout(F.silu(h)))
+        return self.skip(x) + h
 
 
 class Downsample(nn.Module):

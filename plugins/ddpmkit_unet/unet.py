@@ -5,14 +5,15 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 import torch
+import torch.nn.functional as F  # noqa: N812 - the usual name
 from pydantic import Field, model_validator
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ddpmkit import Conditioning, Denoiser, Params
-from ddpmkit_unet.blocks import AttentionBlock, Downsample, ResBlock, Upsample, zero_init
+from ddpmkit_unet.attention import AttentionBlock
+from ddpmkit_unet.blocks import Downsample, ResBlock, Upsample, zero_init
 from ddpmkit_unet.embeddings import TimeEmbedding
-from ddpmkit_unet.group_norm import GroupNorm
 
 PositiveInt = Annotated[int, Field(ge=1, le=64)]
 
@@ -131,53 +132,54 @@ class UNet(Denoiser):
         emb_dim = 4 * p.base_channels
         self.time_embed = TimeEmbedding(p.time_embedding, p.base_channels, emb_dim, p.fourier_scale)
         self.cond_embed = nn.Linear(p.cond_embed_dim, emb_dim) if p.cond_embed_dim > 0 else None
-
-        def res(c_in: int, c_out: int) -> ResBlock:
-            return ResBlock(
-                c_in, c_out, emb_dim, p.groups, p.dropout, p.time_injection == "scale-shift"
-            )
-
-        def attn(c: int) -> AttentionBlock:
-            return AttentionBlock(c, p.num_heads, p.groups, p.context_dim)
-
         self.conv_in = nn.Conv2d(p.in_channels + p.cond_channels, p.base_channels, 3, padding=1)
-        ch = p.base_channels
-        skips = [ch]
         # Flat lists, ``num_res_blocks`` (down) or ``num_res_blocks + 1`` (up) blocks per level;
         # attention blocks are keyed by the index of the residual block they follow.
         self.num_res_blocks = p.num_res_blocks
+        skips = self._build_down(p, emb_dim)
+        ch = skips[-1]
+        self.mid_res1 = _res_block(p, emb_dim, ch, ch)
+        self.mid_attn = _attention_block(p, ch)
+        self.mid_res2 = _res_block(p, emb_dim, ch, ch)
+        ch = self._build_up(p, emb_dim, skips)
+        self.norm_out = nn.GroupNorm(p.groups, ch)
+        self.conv_out = zero_init(nn.Conv2d(ch, self._out_channels, 3, padding=1))
+
+    def _build_down(self, p: UNetParams, emb_dim: int) -> list[int]:
+        """The down path's blocks; returns the channel count of every skip connection."""
+        ch = p.base_channels
+        skips = [ch]
         self.down_res = nn.ModuleList()
         self.down_attn = nn.ModuleDict()
         self.downsample = nn.ModuleList()
         for level, mult in enumerate(p.channel_mults):
             for _ in range(p.num_res_blocks):
-                self.down_res.append(res(ch, p.base_channels * mult))
+                self.down_res.append(_res_block(p, emb_dim, ch, p.base_channels * mult))
                 ch = p.base_channels * mult
                 if level in p.attention_levels:
-                    self.down_attn[str(len(self.down_res) - 1)] = attn(ch)
+                    self.down_attn[str(len(self.down_res) - 1)] = _attention_block(p, ch)
                 skips.append(ch)
             if level < self.num_levels - 1:
                 self.downsample.append(Downsample(ch))
                 skips.append(ch)
+        return skips
 
-        self.mid_res1 = res(ch, ch)
-        self.mid_attn = attn(ch)
-        self.mid_res2 = res(ch, ch)
-
+    def _build_up(self, p: UNetParams, emb_dim: int, skips: list[int]) -> int:
+        """The up path's blocks, consuming ``skips``; returns its output channel count."""
+        ch = skips[-1]
         self.up_res = nn.ModuleList()
         self.up_attn = nn.ModuleDict()
         self.upsample = nn.ModuleList()
         for level in reversed(range(self.num_levels)):
+            out = p.base_channels * p.channel_mults[level]
             for _ in range(p.num_res_blocks + 1):
-                self.up_res.append(res(ch + skips.pop(), p.base_channels * p.channel_mults[level]))
-                ch = p.base_channels * p.channel_mults[level]
+                self.up_res.append(_res_block(p, emb_dim, ch + skips.pop(), out))
+                ch = out
                 if level in p.attention_levels:
-                    self.up_attn[str(len(self.up_res) - 1)] = attn(ch)
+                    self.up_attn[str(len(self.up_res) - 1)] = _attention_block(p, ch)
             if level > 0:
                 self.upsample.append(Upsample(ch))
-
-        self.norm_out = GroupNorm(p.groups, ch)
-        self.conv_out = zero_init(nn.Conv2d(ch, self._out_channels, 3, padding=1))
+        return ch
 
     @property
     def in_channels(self) -> int:
@@ -273,22 +275,6 @@ class UNet(Denoiser):
             )
         return context.to(x_t.dtype), None if mask is None else mask.to(torch.bool)
 
-    def _conv_weights_channels_last(self, channels_last: bool) -> None:
-        """Store the convolution weights channels-last (or back in the default layout), in
-        place, when they are not already: on the CPU in float32 the activations are
-        channels-last, and a weight in another layout is reordered at every call. The same
-        parameter objects keep the same values (optimizers and checkpoints are unaffected)."""
-        weight = self.conv_in.weight
-        if weight.is_contiguous(memory_format=torch.channels_last) == channels_last:
-            return
-        layout = torch.channels_last if channels_last else torch.contiguous_format
-        # a plain tensor even when called under inference mode (sampling), so training later
-        # can still save it for backward
-        with torch.inference_mode(False), torch.no_grad():
-            for module in self.modules():
-                if isinstance(module, nn.Conv2d):
-                    module.weight.data = module.weight.data.contiguous(memory_format=layout)
-
     def _run(self, block: nn.Module, *args: torch.Tensor | None) -> torch.Tensor:
         """``block(*args)``, recomputed in the backward pass under gradient checkpointing."""
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
@@ -305,14 +291,6 @@ class UNet(Denoiser):
         emb = self._embedding(t, cond, x_t)
         context, mask = self._context(cond, x_t)
 
-        if h.device.type == "cpu":
-            # oneDNN's native layout for float32: every convolution then skips two reorders
-            # of its input and one of its weight (bench/speed_unet.py; under bf16 autocast it
-            # is slower, so not then); on GPUs train.channels_last decides
-            fp32 = not _cpu_autocast()
-            self._conv_weights_channels_last(fp32)
-            if fp32:
-                h = h.contiguous(memory_format=torch.channels_last)
         h = self.conv_in(h)
         skips = [h]
         run = self._run
@@ -341,12 +319,14 @@ class UNet(Denoiser):
             if level > 0:
                 h = self.upsample[i](h)
 
-        return self.conv_out(self.norm_out.forward_silu(h)).contiguous()
+        return self.conv_out(F.silu(self.norm_out(h)))
 
 
-def _cpu_autocast() -> bool:
-    """Whether autocast is on for the CPU (the one-argument form is torch >= 2.4)."""
-    try:
-        return bool(torch.is_autocast_enabled("cpu"))
-    except TypeError:  # pragma: no cover - torch < 2.4
-        return bool(torch.is_autocast_cpu_enabled())
+def _res_block(p: UNetParams, emb_dim: int, c_in: int, c_out: int) -> ResBlock:
+    """A residual block with the U-Net's groups, dropout and time injection."""
+    return ResBlock(c_in, c_out, emb_dim, p.groups, p.dropout, p.time_injection == "scale-shift")
+
+
+def _attention_block(p: UNetParams, channels: int) -> AttentionBlock:
+    """An attention block with the U-Net's heads, groups and context width."""
+    return AttentionBlock(channels, p.num_heads, p.groups, p.context_dim)

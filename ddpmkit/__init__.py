@@ -56,12 +56,15 @@ from ddpmkit.core.model import (
 from ddpmkit.core.plugin_policy import PLUGIN_API_VERSION
 from ddpmkit.core.registry import create, register
 from ddpmkit.core.runinfo import RunInfo
+from ddpmkit.core.wiring import BuildContext, CheckContext, PipelineRun
 
 __version__ = "0.1.0"
 
 __all__ = [
     "PLUGIN_API_VERSION",
     "Batch",
+    "BuildContext",
+    "CheckContext",
     "Component",
     "Conditioner",
     "Conditioning",
@@ -80,6 +83,7 @@ __all__ = [
     "NoiseSchedule",
     "Parameterization",
     "Params",
+    "PipelineRun",
     "PluginError",
     "PredictFn",
     "Prediction",

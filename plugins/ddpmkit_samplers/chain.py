@@ -9,6 +9,7 @@ import torch
 from pydantic import Field
 
 from ddpmkit import (
+    CheckContext,
     Conditioning,
     DiffusionModel,
     Guidance,
@@ -68,9 +69,9 @@ class ChainSampler(Sampler):
     ) -> torch.Tensor:
         """One reverse update from index ``t`` to index ``t_prev`` (-1 means x_0)."""
 
-    def check(self, model: DiffusionModel) -> None:
+    def check(self, context: CheckContext) -> None:
         """The step list must be computable for the model's schedule."""
-        self.timesteps(model)
+        self.timesteps(context.model)
 
     def start(self) -> None:
         """Called before each chain: a multistep sampler forgets its history here."""

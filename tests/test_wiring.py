@@ -104,7 +104,8 @@ def build(data: dict[str, Any]) -> Pipeline:
 def test_a_third_party_denoiser_takes_what_its_wire_asks_for(registered, tmp_path) -> None:
     pipeline = build(tiny(tmp_path, denoiser={"type": "test-width-net"}))
     params = pipeline.model.denoiser.params
-    assert (params.width, params.outputs, params.in_channels) == (3, 3, 1)  # type: ignore[attr-defined]
+    assert isinstance(params, WidthParams)
+    assert (params.width, params.outputs, params.in_channels) == (3, 3, 1)
     resolved = pipeline.resolved_config()["denoiser"]
     assert resolved == {"type": "test-width-net", "width": 3, "outputs": 3, "in_channels": 1}
     # the variance sizes the output through the context: 2C for a learned one

@@ -120,10 +120,10 @@ def check_prompts(pipeline: BuiltPipeline) -> None:
         with torch.no_grad():
             pipeline.model.encode(pipeline.sample_conditions(1))
     except (ValueError, TypeError) as exc:
-        raise ConfigError(
-            f"sample.prompts: conditioner {pipeline.config.conditioner.type!r} "  # type: ignore[union-attr]
-            f"does not take text: {exc}"
-        ) from exc
+        section = pipeline.config.conditioner
+        name = section.type if section is not None else ""
+        message = f"sample.prompts: conditioner {name!r} does not take text: {exc}"
+        raise ConfigError(message) from exc
 
 
 def check_eval_attributes(pipeline: BuiltPipeline) -> None:

@@ -57,6 +57,7 @@ from ddpmkit.core.model import (
 from ddpmkit.core.plugin_policy import PLUGIN_API_VERSION
 from ddpmkit.core.registry import create, register
 from ddpmkit.core.runinfo import RunInfo
+from ddpmkit.core.wiring import BuildContext, CheckContext, PipelineRun
 
 __version__ = "0.1.0"
 
@@ -64,6 +65,8 @@ __all__ = [
     "PLUGIN_API_VERSION",
     "AttributeReader",
     "Batch",
+    "BuildContext",
+    "CheckContext",
     "Component",
     "Conditioner",
     "Conditioning",
@@ -82,6 +85,7 @@ __all__ = [
     "NoiseSchedule",
     "Parameterization",
     "Params",
+    "PipelineRun",
     "PluginError",
     "PredictFn",
     "Prediction",

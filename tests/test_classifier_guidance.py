@@ -16,6 +16,7 @@ from torch import nn
 import ddpmkit
 from ddpmkit import (
     Batch,
+    CheckContext,
     Conditioning,
     ConfigError,
     DdpmkitError,
@@ -275,7 +276,7 @@ def test_the_stage_trains_an_accurate_classifier_and_the_guidance_loads_it(
         "stage", "train-classifier", steps=50, batch_size=32, log_every=10, **SMALL
     )
     model, data = reference_model(), ReferenceImages()
-    stage.check(model, data)
+    stage.check(CheckContext(model=model, dataset=data))
     folder = tmp_path / "stages" / "clf"
     folder.mkdir(parents=True)
     stage.run(StageContext("clf", folder, model, data, torch.device("cpu"), 0, False))

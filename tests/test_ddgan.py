@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import ddpmkit
-from ddpmkit import ConfigError, DiffusionModel, Params
+from ddpmkit import CheckContext, ConfigError, DiffusionModel, Params
 from ddpmkit.app.cli import main
 from ddpmkit.core.checkpoint import load_checkpoint
 from ddpmkit_ddgan import real_pair
@@ -133,7 +133,7 @@ def test_objective_steps_the_discriminator_and_returns_the_generator_loss() -> N
         decoder="gaussian",
     )
     objective = ddpmkit.create("objective", "ddgan", width=32)
-    objective.check(model)
+    objective.check(CheckContext(model=model))
     objective.setup(model, (2,))
     before = {k: v.clone() for k, v in objective.discriminator.state_dict().items()}
     loss = objective.loss(model, torch.randn(64, 2), torch.Generator().manual_seed(0))
@@ -248,4 +248,4 @@ def test_ddgan_sampler_refuses_another_denoiser() -> None:
         ddpmkit.create("parameterization", "x0"),
     )
     with pytest.raises(ConfigError, match="sampler ddgan needs denoiser ddgan-generator"):
-        ddpmkit.create("sampler", "ddgan").check(model)
+        ddpmkit.create("sampler", "ddgan").check(CheckContext(model=model))

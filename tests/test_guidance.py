@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import ddpmkit
-from ddpmkit import Conditioning, ConfigError, DiffusionModel
+from ddpmkit import CheckContext, Conditioning, ConfigError, DiffusionModel
 
 # two overlapping classes in 2D: some samples of class 0 lie where class 1 is likelier
 MIXTURE = {
@@ -96,7 +96,9 @@ def test_cfg_is_one_batched_network_call_and_composes_with_every_sampler() -> No
 
 def test_cfg_needs_a_conditioner() -> None:
     with pytest.raises(ConfigError, match="needs a conditioner"):
-        ddpmkit.create("guidance", "classifier-free").check(oracle_model(guided=False))
+        ddpmkit.create("guidance", "classifier-free").check(
+            CheckContext(model=oracle_model(guided=False))
+        )
 
 
 def test_conditioning_cat() -> None:

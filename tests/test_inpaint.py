@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import ddpmkit
-from ddpmkit import Batch, ConfigError, Dataset, DiffusionModel, Example, Params
+from ddpmkit import Batch, CheckContext, ConfigError, Dataset, DiffusionModel, Example, Params
 from ddpmkit_conditioning import region_mask
 
 RHO = 0.8  # data: two pixels, N(0, [[1, rho], [rho, 1]]) as 1x1x2 images
@@ -129,4 +129,4 @@ def test_region_masks() -> None:
 def test_inpaint_needs_image_data(model: DiffusionModel) -> None:
     sampler = ddpmkit.create("sampler", "inpaint", data={"type": "gmm", "num_examples": 4})
     with pytest.raises(ConfigError, match="inpaint: data 'gmm' has examples of shape"):
-        sampler.check(model)
+        sampler.check(CheckContext(model=model))

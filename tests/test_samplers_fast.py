@@ -7,7 +7,7 @@ import torch
 from helpers import GaussianOracle
 
 import ddpmkit
-from ddpmkit import DiffusionModel, SamplerStep
+from ddpmkit import CheckContext, DiffusionModel, SamplerStep
 from ddpmkit_samplers import dynamic_threshold
 from ddpmkit_samplers.spacing import ddim_timesteps, logsnr_timesteps
 
@@ -119,7 +119,7 @@ def test_respaced_ddpm_timesteps_and_bad_steps() -> None:
     # the last step (index 9 -> x_0) is noiseless: x is that step's x0_hat
     assert [s.t for s in seen][-1] == 9 and torch.equal(x, seen[-1].x0)
     with pytest.raises(ddpmkit.ConfigError, match="ddpm: steps = 200 exceeds"):
-        ddpmkit.create("sampler", "ddpm", steps=200).check(model)
+        ddpmkit.create("sampler", "ddpm", steps=200).check(CheckContext(model=model))
 
 
 # -- DPM-Solver++ -------------------------------------------------------------------------------
@@ -204,7 +204,9 @@ def test_dpm_solver_logsnr_steps() -> None:
     h = lam.diff()
     torch.testing.assert_close(h, torch.full_like(h, float(h.mean())), atol=0.05, rtol=0)
     with pytest.raises(ddpmkit.ConfigError, match="dpm-solver\\+\\+: steps = 2000 exceeds"):
-        ddpmkit.create("sampler", "dpm-solver++", steps=2000).check(gaussian_model())
+        ddpmkit.create("sampler", "dpm-solver++", steps=2000).check(
+            CheckContext(model=gaussian_model())
+        )
 
 
 def test_dpm_solver_logsnr_range() -> None:

@@ -12,7 +12,15 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
 import ddpmkit
-from ddpmkit import Conditioning, ConfigError, Denoiser, DiffusionModel, Prediction, column
+from ddpmkit import (
+    CheckContext,
+    Conditioning,
+    ConfigError,
+    Denoiser,
+    DiffusionModel,
+    Prediction,
+    column,
+)
 from ddpmkit_weightings import ImportanceWeighting, VLBWeighting
 
 T10 = 10
@@ -125,8 +133,8 @@ def test_vlb_needs_a_fixed_variance(variance: str) -> None:
             weighting.weights(torch.tensor([1]), model)
         assert isinstance(weighting, VLBWeighting)
         with pytest.raises(ConfigError, match="hybrid loss"):
-            weighting.check(model)
-    ddpmkit.create("weighting", "vlb").check(make_model(variance="fixed-small"))
+            weighting.check(CheckContext(model=model))
+    ddpmkit.create("weighting", "vlb").check(CheckContext(model=make_model(variance="fixed-small")))
 
 
 def test_p2_by_hand_and_special_cases() -> None:

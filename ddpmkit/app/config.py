@@ -391,6 +391,16 @@ def validate_config(data: Mapping[str, Any], source: str) -> PipelineConfig:
         raise ConfigError(f"{source}: invalid pipeline:\n{format_validation_error(exc)}") from exc
 
 
+def validate_nested(data: Mapping[str, Any], key: str, *, seed: int, device: str) -> PipelineConfig:
+    """Validate the tables of a pipeline run inside the component at ``key`` (a stage's own
+    pipeline), with ``seed`` and ``device`` unless it names them; errors name their key paths
+    under ``key`` (``stages.base.train.steps: ...``)."""
+    try:
+        return PipelineConfig.model_validate({"seed": seed, "device": device, **data})
+    except pydantic.ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, prefix=key)) from exc
+
+
 def config_to_dict(config: PipelineConfig) -> dict[str, Any]:
     """The resolved config as plain data (``None`` values dropped, as TOML has no null)."""
     return config.model_dump(mode="json", exclude_none=True)

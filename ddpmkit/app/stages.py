@@ -3,6 +3,7 @@ stages which train an auxiliary network (a noise-aware classifier, a noised CLIP
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import shutil
@@ -19,6 +20,7 @@ from ddpmkit.core.checkpoint import WEIGHTS_FILE, save_checkpoint
 from ddpmkit.core.errors import DdpmkitError
 from ddpmkit.core.interfaces import Batch, Dataset, Stage, StageContext
 from ddpmkit.core.model import DiffusionModel
+from ddpmkit.core.wiring import PipelineRun, RunPipeline, no_pipeline_runner
 
 DONE_FILE = "stage.json"
 """Written into a stage's folder when its :meth:`~ddpmkit.Stage.run` returned."""
@@ -41,8 +43,13 @@ def run_stages(
     device: torch.device,
     seed: int,
     progress: bool = True,
+    run_pipeline: Callable[..., PipelineRun] | None = None,
 ) -> dict[str, Path]:
     """Run each stage in order into ``<run>/stages/<name>/``; returns the folders by name.
+
+    ``run_pipeline(data, directory=, seed=, device=, progress=)`` is the application's
+    runner of a nested pipeline, given to each stage (as its context's ``run_pipeline``) for
+    its own folder.
 
     A stage whose folder holds :data:`DONE_FILE` finished in an earlier run of this folder
     (``--resume``) and is kept; a folder without it is what an interrupted stage left, and is
@@ -58,7 +65,15 @@ def run_stages(
         if folder.exists():
             shutil.rmtree(folder)
         folder.mkdir(parents=True)
-        stage.run(StageContext(name, folder, model, dataset, device, seed, progress))
+        runner: RunPipeline = no_pipeline_runner
+        if run_pipeline is not None:
+            runner = functools.partial(
+                run_pipeline, directory=folder, seed=seed, device=device, progress=progress
+            )
+        context = StageContext(
+            name, folder, model, dataset, device, seed, progress, run_pipeline=runner
+        )
+        stage.run(context)
         done = {"type": type(stage).__name__, "params": stage.params.model_dump(mode="json")}
         tmp = folder / f".{DONE_FILE}.tmp"
         tmp.write_text(json.dumps(done, indent=2) + "\n")

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from ddpmkit.core.errors import ConfigError
+from ddpmkit.core.wiring import BuildContext, CheckContext, RunPipeline, no_pipeline_runner
 
 if TYPE_CHECKING:  # pragma: no cover - import cycle only for type checkers
     from ddpmkit.core.model import DiffusionModel
@@ -62,6 +63,29 @@ class Component:
         """Receive the output folder of each of the pipeline's stages, by stage name, after
         they ran and before this component is used (default: nothing to receive). A component
         with :attr:`stage_params` loads what it needs from ``stages[name]`` here."""
+
+    @classmethod
+    def wire(cls, context: BuildContext) -> dict[str, Any]:
+        """Values of this component's params taken from the rest of the pipeline (default:
+        none): a denoiser's ``in_channels`` is the data's channels, a text conditioner's
+        ``vocabulary`` the data's caption words.
+
+        A pipeline calls this before it builds the component, with what it knows then (see
+        :class:`BuildContext`), and uses a value only where the pipeline file leaves the key
+        out; the params are then validated as usual. Return keys of :attr:`Params` only.
+        :func:`ddpmkit.create` does not call it: from Python, pass the params.
+        """
+        return {}
+
+    def check(self, context: CheckContext) -> None:
+        """Raise :class:`~ddpmkit.ConfigError` if this component cannot work in the pipeline
+        that ``context`` describes (default: it can).
+
+        Called once every component of a pipeline is built, before any work, so that a
+        mismatch fails there; the pipeline prefixes this component's key to the message (see
+        :class:`CheckContext`). A class that overrides it calls ``super().check(context)``
+        where its base class has rules of its own (a denoiser's channels, say).
+        """
 
 
 # ---------------------------------------------------------------------------------------------
@@ -262,6 +286,21 @@ class LearnableSchedule(NoiseSchedule, nn.Module):
         """Re-derive ``alphas_cumprod`` (and alpha, beta, SNR) from the current parameters."""
         self._set_alphas_cumprod(self.make_alphas_cumprod())
 
+    def check(self, context: CheckContext) -> None:
+        """Training refuses a loss weighting and the hybrid loss's VLB term: the schedule is
+        trained on the variational bound itself (Kingma et al. 2021)."""
+        if not context.training:
+            return
+        for key, used in (
+            ("weighting", context.weighting is not None),
+            ("vlb_weight", context.vlb_weight > 0),
+        ):
+            if used:
+                raise ConfigError(
+                    f"train.{key}: schedule {context.name!r} is learned on the variational "
+                    "bound itself (Kingma et al. 2021); remove this key"
+                )
+
 
 class Parameterization(Component, abc.ABC):
     """What the network predicts: the training target and the conversion of its output.
@@ -286,9 +325,6 @@ class Parameterization(Component, abc.ABC):
     @abc.abstractmethod
     def eps_error_factor(self, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """f with ||eps_hat - eps||^2 = f * ||output - target||^2 (loss weights are eps-space)."""
-
-    def check(self, schedule: NoiseSchedule) -> None:
-        """Raise :class:`ConfigError` if this parameterization cannot work with ``schedule``."""
 
 
 class Denoiser(Component, nn.Module, abc.ABC):
@@ -331,6 +367,61 @@ class Denoiser(Component, nn.Module, abc.ABC):
         self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning | None = None
     ) -> torch.Tensor:
         """Run the network."""
+
+    def check(self, context: CheckContext) -> None:
+        """The network fits the data and the conditioner: ``in_channels`` is the data's
+        channels, ``out_channels`` those times the variance's ``output_multiplier``, and one
+        tiny forward pass runs on the conditioner's encoding of a training example and on a
+        data-shaped input with the null condition (so every shape mismatch the network knows
+        of fails here). Nothing to check without a data set."""
+        data = context.dataset
+        if data is None:
+            return
+        if self.in_channels != data.channels:
+            raise ConfigError(
+                f"denoiser.in_channels = {self.in_channels} but data "
+                f"{context.names.get('data', '')!r} has {data.channels} channels"
+            )
+        model, device = context.model, context.device
+        conditioner = model.conditioner
+        if conditioner is not None:
+            try:
+                with torch.no_grad():
+                    raw = conditioner.raw_from_batch(data.batch([0]))
+                    self(
+                        torch.zeros(1, *data.shape, device=device),
+                        torch.zeros(1, dtype=torch.long, device=device),
+                        model.encode(raw),
+                    )
+            except (ValueError, RuntimeError) as exc:
+                raise ConfigError(
+                    f"denoiser {context.name!r} cannot take what conditioner "
+                    f"{context.names.get('conditioner', '')!r} produces: {exc}"
+                ) from exc
+        self._check_output(context, data)
+
+    def _check_output(self, context: CheckContext, data: Dataset) -> None:
+        """``out_channels`` and a forward pass on data of the data's shape."""
+        variance = context.model.variance
+        wanted = data.channels * (variance.output_multiplier if variance else 1)
+        if self.out_channels != wanted:
+            raise ConfigError(
+                f"denoiser.out_channels = {self.out_channels} but the data's "
+                f"{data.channels} channels with variance "
+                f"{context.names.get('variance', 'fixed-large')!r} need {wanted}"
+            )
+        device = context.device
+        probe = torch.zeros((1, *data.shape), device=device)
+        # a channel-conditioned network always needs its channels: give it the null condition
+        conditioner = context.model.conditioner
+        null = conditioner.null(1, device) if conditioner is not None else None
+        try:
+            with torch.no_grad():
+                self(probe, torch.zeros(1, dtype=torch.long, device=device), null)
+        except (ValueError, RuntimeError) as exc:
+            raise ConfigError(
+                f"denoiser {context.name!r} cannot take data of shape {tuple(data.shape)}: {exc}"
+            ) from exc
 
 
 class Conditioner(Component, nn.Module, abc.ABC):
@@ -386,13 +477,9 @@ class Guidance(Component, abc.ABC):
     """True for a guidance that needs the model's conditioner (classifier-free guidance mixes
     conditional and null-condition predictions)."""
 
-    def check(self, model: DiffusionModel) -> None:
-        """Raise :class:`~ddpmkit.ConfigError` if this guidance cannot guide ``model``.
-
-        Called when a pipeline is built, so a mismatch fails before training starts. The
-        default refuses a model without a conditioner when :attr:`needs_conditioner` is set.
-        """
-        if self.needs_conditioner and model.conditioner is None:
+    def check(self, context: CheckContext) -> None:
+        """Refuse a model without a conditioner when :attr:`needs_conditioner` is set."""
+        if self.needs_conditioner and context.model.conditioner is None:
             raise ConfigError(
                 f"{type(self).__name__} needs a conditioner (it mixes conditional and "
                 "null-condition predictions), but the model has none"
@@ -430,12 +517,6 @@ class Sampler(Component, abc.ABC):
     A sampler asks ``model`` (through any ``guidance``) for a :class:`Prediction` and never
     branches on the parameterization.
     """
-
-    def check(self, model: DiffusionModel) -> None:
-        """Raise :class:`~ddpmkit.ConfigError` if this sampler cannot sample ``model``.
-
-        Called when a pipeline is built, so a mismatch fails before training starts.
-        """
 
     @abc.abstractmethod
     def sample(
@@ -523,6 +604,12 @@ class Dataset(Component, abc.ABC):
             found.update(w for caption in batch.captions for w in caption_words(caption))
         return sorted(found)
 
+    def check(self, context: CheckContext) -> None:
+        """A data set with no example is refused."""
+        if len(self) == 0:
+            name = context.name or type(self).__name__
+            raise ConfigError(f"{context.key or 'data'}: data set {name!r} is empty")
+
 
 class AttributeReader(Component, abc.ABC):
     """Reads generated images back into the attributes a data set draws (kind
@@ -587,6 +674,15 @@ class ReverseVariance(Component, nn.Module, abc.ABC):
         """Estimate what the variance needs from data batches, after training (a variance
         without such a need does nothing)."""
 
+    def check(self, context: CheckContext) -> None:
+        """A learned variance (``output_multiplier`` > 1) is trained by the VLB term alone:
+        training needs ``train.vlb_weight`` > 0."""
+        if self.output_multiplier > 1 and context.training and context.vlb_weight == 0:
+            raise ConfigError(
+                f"variance {context.name!r} is learned from the VLB term: set "
+                "train.vlb_weight > 0 (0.001 in Nichol & Dhariwal)"
+            )
+
     @abc.abstractmethod
     def log_variance(
         self,
@@ -610,8 +706,20 @@ class TrainingObjective(Component, abc.ABC):
     2022) is the bundled example.
     """
 
-    def check(self, model: DiffusionModel) -> None:
-        """Raise :class:`~ddpmkit.ConfigError` if this objective cannot train ``model``."""
+    def check(self, context: CheckContext) -> None:
+        """An objective replaces the diffusion loss and trains without conditions: a
+        conditioner, a loss weighting and the VLB term (``train.vlb_weight``) are refused."""
+        if context.model.conditioner is not None:
+            raise ConfigError("the objective trains without conditions; remove [conditioner]")
+        for key, used in (
+            ("weighting", context.weighting is not None),
+            ("vlb_weight", context.vlb_weight > 0),
+        ):
+            if used:
+                raise ConfigError(
+                    f"train.{key}: {context.key} {context.name!r} replaces the diffusion "
+                    "loss; remove this key"
+                )
 
     @abc.abstractmethod
     def setup(self, model: DiffusionModel, data_shape: tuple[int, ...]) -> None:
@@ -644,6 +752,13 @@ class StageContext:
     ``model`` is the pipeline's diffusion model before its ``[train]`` (its schedule and
     forward process are what a noise-aware network trains on); ``dataset`` is the training
     data; all randomness comes from ``seed``; ``progress`` asks for a progress bar.
+
+    ``run_pipeline(data)`` is the application's service that runs a whole pipeline inside
+    the stage: ``data`` holds a pipeline file's tables (``data``, ``denoiser``, ``train``,
+    ``sample``...; the seed and device are this context's unless it names them), which the
+    application validates, builds and checks, then trains and samples in ``directory``
+    (``config.json``, ``checkpoints/``, ``metrics.jsonl``, ``samples.png``); it returns a
+    :class:`PipelineRun`.
     """
 
     name: str
@@ -653,6 +768,7 @@ class StageContext:
     device: torch.device
     seed: int
     progress: bool = True
+    run_pipeline: RunPipeline = attrs.field(default=no_pipeline_runner, kw_only=True)
 
 
 class Stage(Component, abc.ABC):
@@ -664,10 +780,6 @@ class Stage(Component, abc.ABC):
     run does not redo it, and passes the folder to the components that name the stage (see
     :attr:`Component.stage_params` and :meth:`Component.attach`).
     """
-
-    def check(self, model: DiffusionModel, dataset: Dataset) -> None:
-        """Raise :class:`~ddpmkit.ConfigError` if this stage cannot run for ``model`` on
-        ``dataset``; called when the pipeline is built, before any work."""
 
     @abc.abstractmethod
     def run(self, context: StageContext) -> None:
@@ -686,12 +798,6 @@ class LossWeighting(Component, abc.ABC):
 
     observes: ClassVar[bool] = False
     """Whether :meth:`observe` learns from the losses (else the model skips the call)."""
-
-    def check(self, model: DiffusionModel) -> None:
-        """Raise :class:`~ddpmkit.ConfigError` if this weighting cannot train ``model``.
-
-        Called when a pipeline is built, so a mismatch fails before training starts.
-        """
 
     def weights(self, t: torch.Tensor, model: DiffusionModel) -> torch.Tensor:
         """w_t for the indices ``t`` ``(B,)``; the default is 1 (L_simple)."""

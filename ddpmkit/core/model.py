@@ -28,6 +28,7 @@ from ddpmkit.core.likelihood import (
     gaussian_log_likelihood,
     normal_kl,
 )
+from ddpmkit.core.wiring import CheckContext
 
 Decoder = Literal["discretized", "gaussian"]
 """L_0's decoder: discretized Gaussian for 8-bit data (Ho et al. eq. 13), or a plain Gaussian."""
@@ -87,7 +88,6 @@ class DiffusionModel(nn.Module):
         decoder: Decoder = "discretized",
     ) -> None:
         super().__init__()
-        parameterization.check(schedule)
         self.schedule = schedule
         denoiser.bind(schedule, parameterization)
         self.denoiser = denoiser
@@ -103,6 +103,7 @@ class DiffusionModel(nn.Module):
         self._set_tables(schedule.alphas_cumprod)
         if isinstance(schedule, LearnableSchedule):
             self.register_load_state_dict_post_hook(lambda module, keys: module.refresh_schedule())
+        parameterization.check(CheckContext(model=self))  # eps refuses SNR(T) = 0, say
 
     def _set_tables(self, abar: torch.Tensor) -> None:
         """Store what the maths reads from abar_t as buffers, on the device they already use."""

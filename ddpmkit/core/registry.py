@@ -146,6 +146,17 @@ def load(kind: str, name: str) -> Any:
     return _cache[key]
 
 
+def failure(kind: str, name: str, what: str, exc: Exception | None = None) -> PluginError:
+    """A bug of the plugin registered as ``name`` (``what`` it failed to do, and the exception),
+    naming the plugin, its distribution and its target."""
+    rec = record(kind, name)
+    cause = f": {type(exc).__name__}: {exc}" if exc is not None else ""
+    return PluginError(
+        f"{kind} {name!r} from distribution {rec.distribution} {rec.version} {what} "
+        f"({rec.value}){cause}"
+    )
+
+
 def register(kind: str, name: str) -> Callable[[T], T]:
     """Class decorator registering a component in-process (for notebooks and tests).
 

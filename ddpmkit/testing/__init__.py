@@ -30,7 +30,9 @@ from ddpmkit.testing.contracts import (
     StageContract,
     VarianceContract,
     WeightingContract,
+    check_context,
     contract_classes,
+    pipeline_runner,
 )
 from ddpmkit.testing.reference import (
     DATA_STD,
@@ -64,7 +66,9 @@ __all__ = [
     "StageContract",
     "VarianceContract",
     "WeightingContract",
+    "check_context",
     "contract_classes",
     "dumps_toml",
+    "pipeline_runner",
     "reference_model",
 ]

@@ -8,13 +8,16 @@ once ddpmkit is installed) runs each test once per component name.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
 import sys
 import types
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
+import attrs
 import pluggy
 import pytest
 import torch
@@ -42,6 +45,7 @@ from ddpmkit.core.interfaces import (
 )
 from ddpmkit.core.model import DiffusionModel
 from ddpmkit.core.runinfo import RunInfo
+from ddpmkit.core.wiring import BuildContext, CheckContext, RunPipeline
 from ddpmkit.testing.reference import (
     GaussianDenoiser,
     IdentityGuidance,
@@ -60,6 +64,23 @@ else:  # pragma: no cover - Python 3.10 only
 
 def _seeded(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
+
+
+def check_context(model: DiffusionModel, dataset: Dataset | None = None) -> CheckContext:
+    """A :class:`~ddpmkit.CheckContext` of ``model`` and ``dataset``, with the application's
+    service that checks a nested pipeline (imported only when a test asks for it)."""
+    from ddpmkit.app.build import check_nested
+
+    return CheckContext(model=model, dataset=dataset, check_pipeline=check_nested)
+
+
+def pipeline_runner(directory: Path, seed: int = 0) -> RunPipeline:
+    """The application's service that runs a nested pipeline in the stage folder
+    ``directory`` on the CPU (a :class:`~ddpmkit.StageContext`'s ``run_pipeline``)."""
+    from ddpmkit.app.runner import run_nested
+
+    cpu = torch.device("cpu")
+    return functools.partial(run_nested, directory=directory, seed=seed, device=cpu, progress=False)
 
 
 class ComponentContract:
@@ -122,6 +143,22 @@ class ComponentContract:
         params_model = registry.load(self.kind, component_name).Params
         missing = [k for k, f in params_model.model_fields.items() if not f.description]
         assert not missing, f"{params_model.__name__} fields without a description: {missing}"
+
+    def test_wire_answers_only_its_params(self, component_name: str, tmp_path: Path) -> None:
+        cls = registry.load(self.kind, component_name)
+        context = BuildContext().with_data(ReferenceImages()).with_schedule(ReferenceSchedule())
+        wired = cls.wire(context)
+        assert isinstance(wired, dict), f"wire() returned {type(wired).__name__}, not a dict"
+        unknown = sorted(set(wired) - set(cls.Params.model_fields))
+        assert not unknown, f"wire() answered keys {cls.Params.__name__} lacks: {unknown}"
+        # what it answers, with the instance's own params over it, is valid
+        cls.Params.model_validate({**wired, **self.params_for(component_name, tmp_path)})
+
+    def test_check_takes_a_check_context(self, component_name: str, tmp_path: Path) -> None:
+        component = self.build(component_name, tmp_path)
+        # refusing the kit's model or data is a component's right; crashing is not
+        with contextlib.suppress(ConfigError):
+            component.check(check_context(reference_model(), ReferenceImages()))
 
     def test_declares_a_compatible_plugin_api(self, component_name: str) -> None:
         rec = registry.record(self.kind, component_name)
@@ -223,7 +260,7 @@ class SamplerContract(ComponentContract):
         return self.shapes
 
     def _sample(self, sampler: Sampler, model: Any, shape: tuple[int, ...], **kw: Any) -> Any:
-        sampler.check(model)
+        sampler.check(check_context(model))
         return sampler.sample(model, shape, generator=_seeded(kw.pop("seed", 0)), **kw)
 
     def test_shapes_and_finite(self, component_name: str, tmp_path: Path) -> None:
@@ -625,7 +662,7 @@ class WeightingContract(ComponentContract):
     def test_weights_and_draws(self, component_name: str, tmp_path: Path) -> None:
         weighting: LossWeighting = self.build(component_name, tmp_path)
         model = reference_model()
-        weighting.check(model)
+        weighting.check(check_context(model))
         t, correction = weighting.sample_t(64, model, _seeded(0))
         assert t.shape == correction.shape == (64,) and t.dtype == torch.long
         assert bool(((t >= 0) & (t < model.T)).all())
@@ -669,7 +706,7 @@ class ObjectiveContract(ComponentContract):
         torch.manual_seed(0)
         objective: TrainingObjective = self.build(name, tmp_path)
         model = self.model_for(name)
-        objective.check(model)
+        objective.check(check_context(model))
         torch.manual_seed(1)
         objective.setup(model, self.data_shape)
         return objective, model
@@ -725,11 +762,14 @@ class StageContract(ComponentContract):
     def _run(self, name: str, tmp_path: Path, folder: str) -> Path:
         stage: Stage = self.build(name, tmp_path)
         model, data = self.model_for(name), self.dataset_for(name)
-        stage.check(model, data)
+        stage.check(attrs.evolve(check_context(model, data), key="stages.under-test"))
         directory = tmp_path / folder / "stages" / "under-test"
         directory.mkdir(parents=True)
         torch.manual_seed(0)
-        stage.run(StageContext("under-test", directory, model, data, torch.device("cpu"), 0, False))
+        cpu, runner = torch.device("cpu"), pipeline_runner(directory)
+        stage.run(
+            StageContext("under-test", directory, model, data, cpu, 0, False, run_pipeline=runner)
+        )
         return directory
 
     def test_writes_into_its_folder_only(self, component_name: str, tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from torch import nn
 
 from ddpmkit import (
     Batch,
+    CheckContext,
     Conditioning,
     ConfigError,
     Dataset,
@@ -76,8 +77,11 @@ class TrainClassifierStage(Stage):
             )
         )
 
-    def check(self, model: DiffusionModel, dataset: Dataset) -> None:
+    def check(self, context: CheckContext) -> None:
         """Labelled images whose size the network can downsample."""
+        dataset = context.dataset
+        if dataset is None:
+            return
         if dataset.num_classes < 2 or len(dataset.shape) != 3:
             raise ConfigError(
                 f"train-classifier needs labelled images (2 or more classes); the data "

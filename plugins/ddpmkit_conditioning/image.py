@@ -10,7 +10,16 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from ddpmkit import Batch, Conditioner, Conditioning, ConfigError, Dataset, Params, create
+from ddpmkit import (
+    Batch,
+    BuildContext,
+    Conditioner,
+    Conditioning,
+    ConfigError,
+    Dataset,
+    Params,
+    create,
+)
 from ddpmkit_conditioning.inpaint import Region, region_mask
 from ddpmkit_conditioning.masks import MaskKind, draw_masks
 
@@ -80,6 +89,13 @@ class ImageChannels(Conditioner):
 
     params: ImageParams
     draws: torch.Tensor
+
+    @classmethod
+    def wire(cls, context: BuildContext) -> dict[str, Any]:
+        """In a pipeline: the data's channels and image size."""
+        if context.channels is None:
+            return {}
+        return {"channels": context.channels, "image_size": context.image_size}
 
     def __init__(self, params: ImageParams | None = None) -> None:
         super().__init__(params)

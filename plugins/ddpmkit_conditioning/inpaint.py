@@ -8,6 +8,7 @@ import torch
 from pydantic import Field
 
 from ddpmkit import (
+    CheckContext,
     Conditioning,
     ConfigError,
     Dataset,
@@ -84,8 +85,13 @@ class InpaintSampler(Sampler):
             raise ConfigError("inpaint: data needs a `type` (a data set name)")
         self.dataset: Dataset = create("dataset", kind, **spec)
 
-    def check(self, model: DiffusionModel) -> None:
+    def check(self, context: CheckContext) -> None:
         """The data must be images with the model's channels."""
+        self.check_model(context.model)
+
+    def check_model(self, model: DiffusionModel) -> None:
+        """Raise :class:`~ddpmkit.ConfigError` unless the data are images of ``model``'s
+        channels."""
         shape = tuple(self.dataset.shape)
         if len(shape) != 3 or shape[0] != model.denoiser.in_channels:
             raise ConfigError(
@@ -105,7 +111,7 @@ class InpaintSampler(Sampler):
         callback: SamplerCallback | None = None,
     ) -> torch.Tensor:
         """Lugmayr et al. (2022) Algorithm 1 on ``shape[0]`` images of ``data``; see ``Sampler``."""
-        self.check(model)
+        self.check_model(model)
         device = model.alphas_cumprod.device
         start = self.params.offset
         indices = [i % len(self.dataset) for i in range(start, start + shape[0])]

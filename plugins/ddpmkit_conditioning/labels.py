@@ -8,7 +8,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from ddpmkit import Conditioner, Conditioning, Params
+from ddpmkit import CheckContext, Conditioner, Conditioning, ConfigError, Params
 
 
 class ClassConditionerParams(Params):
@@ -43,6 +43,15 @@ class ClassConditioner(Conditioner):
         if p.encoding == "learned":
             # row K is the learned null condition
             self.table = nn.Embedding(p.num_classes + 1, p.embed_dim)
+
+    def check(self, context: CheckContext) -> None:
+        """The classes are the training data's."""
+        data, K = context.dataset, self.params.num_classes
+        if data is not None and data.num_classes != K:
+            raise ConfigError(
+                f"conditioner.num_classes = {K} but data {context.names.get('data', '')!r} "
+                f"has {data.num_classes} classes"
+            )
 
     def forward(self, raw: torch.Tensor) -> Conditioning:
         """Encode labels ``(B,)``; -1 marks the null condition."""

@@ -9,6 +9,7 @@ import torch
 from pydantic import Field
 
 from ddpmkit import (
+    BuildContext,
     Conditioning,
     ConfigError,
     Denoiser,
@@ -48,6 +49,14 @@ class DDGANGenerator(Denoiser):
 
     Params = DDGANGeneratorParams
     params: DDGANGeneratorParams
+
+    @classmethod
+    def wire(cls, context: BuildContext) -> dict[str, Any]:
+        """In a pipeline: the data's channels in, those times the variance's output
+        multiplier out."""
+        if context.channels is None:
+            return {}
+        return {"in_channels": context.channels, "out_channels": context.output_channels}
 
     def __init__(self, params: DDGANGeneratorParams | None = None) -> None:
         super().__init__(params)

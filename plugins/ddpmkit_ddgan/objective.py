@@ -7,6 +7,7 @@ from pydantic import Field
 from torch import nn
 
 from ddpmkit import (
+    CheckContext,
     Conditioning,
     DiffusionModel,
     Params,
@@ -65,9 +66,10 @@ class DDGANObjective(TrainingObjective):
         self._metrics: dict[str, float] = {}
         self._steps = 0
 
-    def check(self, model: DiffusionModel) -> None:
-        """The denoiser must be a ``ddgan-generator``."""
-        generator_of(model, "objective ddgan")
+    def check(self, context: CheckContext) -> None:
+        """The objective's own rules, then: the denoiser must be a ``ddgan-generator``."""
+        super().check(context)
+        generator_of(context.model, "objective ddgan")
 
     def setup(self, model: DiffusionModel, data_shape: tuple[int, ...]) -> None:
         """Build the discriminator on the model's device, and its Adam optimizer."""

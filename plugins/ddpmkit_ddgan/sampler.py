@@ -6,6 +6,7 @@ import attrs
 import torch
 
 from ddpmkit import (
+    CheckContext,
     Conditioning,
     DiffusionModel,
     Guidance,
@@ -29,9 +30,9 @@ class DDGANSampler(Sampler):
 
     Params = Params
 
-    def check(self, model: DiffusionModel) -> None:
+    def check(self, context: CheckContext) -> None:
         """The denoiser must be a ``ddgan-generator`` (it takes z)."""
-        generator_of(model, "sampler ddgan")
+        generator_of(context.model, "sampler ddgan")
 
     def sample(
         self,
@@ -45,7 +46,6 @@ class DDGANSampler(Sampler):
         callback: SamplerCallback | None = None,
     ) -> torch.Tensor:
         """Xiao et al. (2022) section 3.2, the chain of eq. 5; see :class:`ddpmkit.Sampler`."""
-        self.check(model)
         z_dim = generator_of(model, "sampler ddgan").z_dim
         device = model.alphas_cumprod.device
         predict = guided_predict(model, guidance)

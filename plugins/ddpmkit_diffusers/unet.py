@@ -9,7 +9,7 @@ import torch
 from diffusers import UNet2DModel
 from pydantic import Field, model_validator
 
-from ddpmkit import Conditioning, ConfigError, Denoiser, Params
+from ddpmkit import BuildContext, Conditioning, ConfigError, Denoiser, Params
 from ddpmkit_diffusers._folders import component_folder
 
 
@@ -68,6 +68,14 @@ class DiffusersUNet(Denoiser):
 
     Params = DiffusersUNetParams
     params: DiffusersUNetParams
+
+    @classmethod
+    def wire(cls, context: BuildContext) -> dict[str, Any]:
+        """In a pipeline: the data's channels in, those times the variance's output
+        multiplier out."""
+        if context.channels is None:
+            return {}
+        return {"in_channels": context.channels, "out_channels": context.output_channels}
 
     def __init__(self, params: DiffusersUNetParams | None = None) -> None:
         super().__init__(params)

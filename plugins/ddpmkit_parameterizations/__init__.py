@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ddpmkit import ConfigError, NoiseSchedule, Parameterization, eps_from_x0, x0_from_eps
+from ddpmkit import CheckContext, ConfigError, Parameterization, eps_from_x0, x0_from_eps
 
 DDPMKIT_PLUGIN_API = "1.0"
 """The ddpmkit plugin API this plugin is written for."""
@@ -31,12 +31,13 @@ class EpsParameterization(Parameterization):
         """The target is eps: f = 1."""
         return torch.ones_like(alpha)
 
-    def check(self, schedule: NoiseSchedule) -> None:
+    def check(self, context: CheckContext) -> None:
         """Refuse a zero-terminal-SNR schedule (Lin et al. 2024, section 3.2).
 
         At SNR(T) = 0, x_T is pure noise: eps_theta(x_T) = x_T is trivial to learn and says
         nothing about x_0, and x0 = (x_T - sigma eps) / alpha divides by alpha_T ~ 0.
         """
+        schedule = context.model.schedule
         if schedule.zero_terminal_snr:
             raise ConfigError(
                 f"parameterization eps cannot learn a zero-terminal-SNR schedule (SNR(T) = "

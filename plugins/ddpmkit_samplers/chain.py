@@ -10,6 +10,7 @@ import torch
 from pydantic import Field
 
 from ddpmkit import (
+    CheckContext,
     Conditioning,
     DiffusionModel,
     Guidance,
@@ -77,9 +78,9 @@ class ChainSampler(Sampler):
         multistep solver extrapolates from; noise is drawn from ``generator``.
         """
 
-    def check(self, model: DiffusionModel) -> None:
+    def check(self, context: CheckContext) -> None:
         """The step list must be computable for the model's schedule."""
-        self.timesteps(model)
+        self.timesteps(context.model)
 
     def sample(
         self,

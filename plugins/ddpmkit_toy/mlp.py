@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import attrs
 import torch
 from pydantic import Field
 from torch import nn
 
-from ddpmkit import Conditioning, Denoiser, Params, timestep_features
+from ddpmkit import BuildContext, Conditioning, Denoiser, Params, timestep_features
 from ddpmkit_toy._cond import check_unconditional
 
 
@@ -45,6 +46,18 @@ class MLPDenoiser(Denoiser):
 
     Params = MLPParams
     params: MLPParams
+
+    @classmethod
+    def wire(cls, context: BuildContext) -> dict[str, Any]:
+        """In a pipeline: the data's D in, D times the variance's output multiplier out, and
+        the width of the conditioner's embedding."""
+        if context.channels is None:
+            return {}
+        return {
+            "in_channels": context.channels,
+            "out_channels": context.output_channels,
+            "cond_embed_dim": context.embedding_dim,
+        }
 
     def __init__(self, params: MLPParams | None = None) -> None:
         super().__init__(params)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F  # noqa: N812 - the usual name
@@ -10,7 +10,7 @@ from pydantic import Field, model_validator
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ddpmkit import Conditioning, Denoiser, Params
+from ddpmkit import BuildContext, Conditioning, Denoiser, Params
 from ddpmkit_unet.attention import AttentionBlock
 from ddpmkit_unet.blocks import Downsample, ResBlock, Upsample, zero_init
 from ddpmkit_unet.embeddings import TimeEmbedding
@@ -116,6 +116,20 @@ class UNet(Denoiser):
 
     Params = UNetParams
     supports_gradient_checkpointing = True
+
+    @classmethod
+    def wire(cls, context: BuildContext) -> dict[str, Any]:
+        """In a pipeline: the data's channels in, those times the variance's output multiplier
+        out, and inputs for what the conditioner produces (channels, embedding, context)."""
+        if context.channels is None:
+            return {}
+        return {
+            "in_channels": context.channels,
+            "out_channels": context.output_channels,
+            "cond_channels": context.extra_channels,
+            "cond_embed_dim": context.embedding_dim,
+            "context_dim": context.context_dim,
+        }
 
     def __init__(self, params: UNetParams | None = None) -> None:
         super().__init__(params)

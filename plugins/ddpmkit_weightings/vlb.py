@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ddpmkit import ConfigError, DiffusionModel, LossWeighting
+from ddpmkit import CheckContext, ConfigError, DiffusionModel, LossWeighting
 
 
 class VLBWeighting(LossWeighting):
@@ -33,9 +33,9 @@ class VLBWeighting(LossWeighting):
     integral replaced by the Gaussian density times the bin width).
     """
 
-    def check(self, model: DiffusionModel) -> None:
-        """Raise :class:`~ddpmkit.ConfigError` unless ``model``'s reverse variance is fixed."""
-        self._variance_index(model)
+    def check(self, context: CheckContext) -> None:
+        """Raise :class:`~ddpmkit.ConfigError` unless the model's reverse variance is fixed."""
+        self._variance_index(context.model)
 
     def _variance_index(self, model: DiffusionModel) -> int:
         """0 when sigma_t^2 = beta_t, 1 when sigma_t^2 = beta~_t."""

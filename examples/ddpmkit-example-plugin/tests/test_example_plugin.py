@@ -47,6 +47,14 @@ def test_shift_moves_log_snr_by_twice_the_log_resolution_ratio() -> None:
     torch.testing.assert_close(base.log_snr[-1:], cosine_logsnr(t, -15.0, 15.0))
 
 
+def test_in_a_pipeline_image_size_is_the_data_s() -> None:
+    """``wire`` answers the data's image size (a pipeline uses it where the file sets none)."""
+    from ddpmkit_example import ShiftedCosineSchedule
+
+    assert ShiftedCosineSchedule.wire(ddpmkit.BuildContext(image_size=16)) == {"image_size": 16}
+    assert ShiftedCosineSchedule.wire(ddpmkit.BuildContext(image_size=0)) == {}  # vectors
+
+
 def test_bad_range_names_the_problem() -> None:
     with pytest.raises(ddpmkit.ConfigError, match="logsnr_min must be smaller"):
         ddpmkit.create("schedule", "shifted-cosine", logsnr_min=2.0, logsnr_max=1.0)

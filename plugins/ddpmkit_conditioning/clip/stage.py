@@ -11,10 +11,10 @@ from pydantic import Field, model_validator
 
 from ddpmkit import (
     Batch,
+    CheckContext,
     ConfigError,
     Dataset,
     DdpmkitError,
-    DiffusionModel,
     Params,
     Stage,
     StageContext,
@@ -66,9 +66,10 @@ class TrainClipStage(Stage):
     Params = TrainClipParams
     params: TrainClipParams
 
-    def check(self, model: DiffusionModel, dataset: Dataset) -> None:
+    def check(self, context: CheckContext) -> None:
         """The data must be images."""
-        if len(dataset.shape) != 3:
+        dataset = context.dataset
+        if dataset is not None and len(dataset.shape) != 3:
             raise ConfigError(f"train-clip needs image data (C, H, W), not {dataset.shape}")
 
     def build_network(self, dataset: Dataset) -> NoisedClip:

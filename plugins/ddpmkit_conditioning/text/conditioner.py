@@ -9,7 +9,15 @@ from typing import Any
 import torch
 from pydantic import Field, field_validator, model_validator
 
-from ddpmkit import Batch, Conditioner, Conditioning, ConfigError, Params, caption_words
+from ddpmkit import (
+    Batch,
+    BuildContext,
+    Conditioner,
+    Conditioning,
+    ConfigError,
+    Params,
+    caption_words,
+)
 from ddpmkit_conditioning.text.encoder import TextEncoder
 from ddpmkit_conditioning.text.tokenizer import WordTokenizer
 
@@ -89,6 +97,12 @@ class TextConditioner(CaptionConditioner):
 
     Params = TextConditionerParams
     params: TextConditionerParams
+
+    @classmethod
+    def wire(cls, context: BuildContext) -> dict[str, Any]:
+        """In a pipeline: the words of the data's captions as the vocabulary."""
+        vocabulary = context.caption_vocabulary()
+        return {} if vocabulary is None else {"vocabulary": vocabulary}
 
     def __init__(self, params: TextConditionerParams | None = None) -> None:
         super().__init__(params)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from pydantic import Field, model_validator
@@ -49,6 +50,11 @@ class ShiftedCosineSchedule(ddpmkit.NoiseSchedule):
 
     Params = ShiftedCosineScheduleParams
     params: ShiftedCosineScheduleParams
+
+    @classmethod
+    def wire(cls, context: ddpmkit.BuildContext) -> dict[str, Any]:
+        """In a pipeline of images: ``image_size`` is the data's (unless the file sets it)."""
+        return {"image_size": context.image_size} if context.image_size else {}
 
     def make_alphas_cumprod(self) -> torch.Tensor:
         """abar_t for the training indices 0 .. T-1 (continuous times 1/T .. 1)."""

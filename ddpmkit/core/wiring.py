@@ -76,6 +76,13 @@ class BuildContext:
         ``output_multiplier`` (``None`` before the data)."""
         return None if self.channels is None else self.channels * self.output_multiplier
 
+    def denoiser_channels(self) -> dict[str, int]:
+        """``{"in_channels": ..., "out_channels": ...}`` for a denoiser of this pipeline's data
+        (the data's channels in, :attr:`output_channels` out); empty before the data."""
+        if self.channels is None or self.output_channels is None:
+            return {}
+        return {"in_channels": self.channels, "out_channels": self.output_channels}
+
     def with_data(self, dataset: Dataset) -> BuildContext:
         """This context with what the training data set ``dataset`` tells."""
         return attrs.evolve(

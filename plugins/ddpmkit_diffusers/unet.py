@@ -73,9 +73,7 @@ class DiffusersUNet(Denoiser):
     def wire(cls, context: BuildContext) -> dict[str, Any]:
         """In a pipeline: the data's channels in, those times the variance's output
         multiplier out."""
-        if context.channels is None:
-            return {}
-        return {"in_channels": context.channels, "out_channels": context.output_channels}
+        return context.denoiser_channels()
 
     def __init__(self, params: DiffusersUNetParams | None = None) -> None:
         super().__init__(params)

@@ -51,13 +51,8 @@ class MLPDenoiser(Denoiser):
     def wire(cls, context: BuildContext) -> dict[str, Any]:
         """In a pipeline: the data's D in, D times the variance's output multiplier out, and
         the width of the conditioner's embedding."""
-        if context.channels is None:
-            return {}
-        return {
-            "in_channels": context.channels,
-            "out_channels": context.output_channels,
-            "cond_embed_dim": context.embedding_dim,
-        }
+        channels = context.denoiser_channels()
+        return {**channels, "cond_embed_dim": context.embedding_dim} if channels else {}
 
     def __init__(self, params: MLPParams | None = None) -> None:
         super().__init__(params)

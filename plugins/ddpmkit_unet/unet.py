@@ -121,11 +121,11 @@ class UNet(Denoiser):
     def wire(cls, context: BuildContext) -> dict[str, Any]:
         """In a pipeline: the data's channels in, those times the variance's output multiplier
         out, and inputs for what the conditioner produces (channels, embedding, context)."""
-        if context.channels is None:
+        channels = context.denoiser_channels()
+        if not channels:
             return {}
         return {
-            "in_channels": context.channels,
-            "out_channels": context.output_channels,
+            **channels,
             "cond_channels": context.extra_channels,
             "cond_embed_dim": context.embedding_dim,
             "context_dim": context.context_dim,

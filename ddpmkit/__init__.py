@@ -20,7 +20,9 @@ from ddpmkit.core.interfaces import (
     Conditioning,
     Dataset,
     Denoiser,
+    Draws,
     Example,
+    Generators,
     Guidance,
     LearnableSchedule,
     LearnableScheduleParams,
@@ -56,6 +58,12 @@ from ddpmkit.core.model import (
 from ddpmkit.core.plugin_policy import PLUGIN_API_VERSION
 from ddpmkit.core.registry import create, register
 from ddpmkit.core.runinfo import RunInfo
+from ddpmkit.objectives import (
+    HybridObjective,
+    SimpleObjective,
+    VLBObjective,
+    diffusion_objective,
+)
 
 __version__ = "0.1.0"
 
@@ -72,8 +80,11 @@ __all__ = [
     "Decoder",
     "Denoiser",
     "DiffusionModel",
+    "Draws",
     "Example",
+    "Generators",
     "Guidance",
+    "HybridObjective",
     "LearnableSchedule",
     "LearnableScheduleParams",
     "LossWeighting",
@@ -88,14 +99,17 @@ __all__ = [
     "Sampler",
     "SamplerCallback",
     "SamplerStep",
+    "SimpleObjective",
     "Stage",
     "StageContext",
     "TrainingObjective",
+    "VLBObjective",
     "__version__",
     "broadcast",
     "caption_words",
     "column",
     "create",
+    "diffusion_objective",
     "eps_from_x0",
     "guided_predict",
     "hookimpl",

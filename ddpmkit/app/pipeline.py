@@ -38,7 +38,6 @@ from ddpmkit.core.interfaces import (
     Conditioning,
     Dataset,
     Guidance,
-    LearnableSchedule,
     LossWeighting,
     Sampler,
     SamplerStep,
@@ -334,7 +333,7 @@ class Pipeline:
                 f"train: denoiser {self.config.denoiser.type!r} has no trainable parameters; "
                 "remove [train] to sample from or evaluate it as it is"
             )
-        if isinstance(self.model.schedule, LearnableSchedule) and train is not None:
+        if self.model.schedule.trains_on_bound and train is not None:
             for key, used in (
                 ("weighting", self.weighting is not None),
                 ("vlb_weight", train.vlb_weight > 0),

@@ -18,7 +18,7 @@ import abc
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 import attrs
 import torch
@@ -682,6 +682,34 @@ class TrainingObjective(Component, abc.ABC):
         """Restore :meth:`state_dict` from a checkpoint."""
 
 
+StageLoss = Callable[[Batch, torch.Generator], tuple[torch.Tensor, dict[str, float]]]
+"""``(batch, generator) -> (scalar loss, numbers to log)``: one training step's loss of a
+network that a stage trains."""
+
+
+class FitNetwork(Protocol):
+    """The type of :attr:`StageContext.fit`."""
+
+    def __call__(
+        self,
+        network: nn.Module,
+        loss_fn: StageLoss,
+        *,
+        steps: int,
+        batch_size: int,
+        lr: float,
+        log_every: int = 50,
+        metadata: Mapping[str, object] | None = None,
+    ) -> Path:
+        """Train ``network`` with AdamW at ``lr`` on ``loss_fn`` for ``steps`` steps over
+        shuffled batches of the stage's data, in the trainer's loop (a progress bar with step,
+        loss, it/s and ETA; every ``log_every`` steps the means of the loss and of the logged
+        numbers appended to the stage's ``metrics.jsonl``), then save it, with ``metadata``,
+        to ``model.safetensors`` in the stage's folder and return that path. The data order
+        and ``loss_fn``'s generator follow the stage's seed: one seed, one network."""
+        ...
+
+
 @attrs.frozen
 class StageContext:
     """What a :class:`Stage` runs with.
@@ -689,7 +717,8 @@ class StageContext:
     ``directory`` is the stage's own output folder, ``<run>/stages/<name>/``, created empty;
     ``model`` is the pipeline's diffusion model before its ``[train]`` (its schedule and
     forward process are what a noise-aware network trains on); ``dataset`` is the training
-    data; all randomness comes from ``seed``; ``progress`` asks for a progress bar.
+    data; all randomness comes from ``seed``; ``progress`` asks for a progress bar; ``fit``
+    trains a network of the stage's own through the application's training loop.
     """
 
     name: str
@@ -699,6 +728,7 @@ class StageContext:
     device: torch.device
     seed: int
     progress: bool = True
+    fit: FitNetwork = attrs.field(kw_only=True)
 
 
 class Stage(Component, abc.ABC):

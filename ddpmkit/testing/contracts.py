@@ -36,7 +36,6 @@ from ddpmkit.core.interfaces import (
     Sampler,
     SamplerStep,
     Stage,
-    StageContext,
     TrainingObjective,
 )
 from ddpmkit.core.model import DiffusionModel
@@ -677,13 +676,18 @@ class StageContract(ComponentContract):
         return ReferenceImages()
 
     def _run(self, name: str, tmp_path: Path, folder: str) -> Path:
+        # the application's context: its fit trains in the trainer's loop
+        from ddpmkit.app.stages import stage_context
+
         stage: Stage = self.build(name, tmp_path)
         model, data = self.model_for(name), self.dataset_for(name)
         stage.check(model, data)
         directory = tmp_path / folder / "stages" / "under-test"
         directory.mkdir(parents=True)
         torch.manual_seed(0)
-        stage.run(StageContext("under-test", directory, model, data, torch.device("cpu"), 0, False))
+        stage.run(
+            stage_context("under-test", directory, model, data, torch.device("cpu"), 0, False)
+        )
         return directory
 
     def test_writes_into_its_folder_only(self, component_name: str, tmp_path: Path) -> None:

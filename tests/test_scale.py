@@ -168,6 +168,26 @@ def test_fp16_resume_is_exact_with_the_gradient_scaler(
     assert meta_a["grad_scaler"] == meta_b["grad_scaler"]
 
 
+def test_channels_last_resume_is_exact_and_keeps_the_ema_in_the_weights_layout(
+    write_pipeline: Callable[..., Path], tmp_path: Path
+) -> None:
+    """4 channels-last steps at once equal 2 steps, save, resume for 2; the resumed EMA
+    averages take the weights' memory layout (an average across layouts is slow)."""
+    _, once = _trainer(write_pipeline, tmp_path / "a", channels_last=True, steps=4)
+    once.train()
+    _, split = _trainer(write_pipeline, tmp_path / "b", channels_last=True, steps=2)
+    split.train()
+    _, resumed = _trainer(write_pipeline, tmp_path / "b", channels_last=True, steps=4)
+    assert resumed.resume() == 2
+    weight = resumed.model.denoiser.conv_out.weight
+    assert weight.is_contiguous(memory_format=torch.channels_last)
+    assert resumed.ema.shadow["denoiser.conv_out.weight"].stride() == weight.stride()
+    resumed.train()
+    a, _ = load_checkpoint(tmp_path / "a/ckpt/step-0000004.safetensors")
+    b, _ = load_checkpoint(tmp_path / "b/ckpt/step-0000004.safetensors")
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+
+
 def test_channels_last_gives_the_same_step(
     write_pipeline: Callable[..., Path], tmp_path: Path
 ) -> None:

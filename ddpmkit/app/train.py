@@ -43,23 +43,14 @@ from ddpmkit.objectives import diffusion_objective
 
 
 class EMA:
-    """Exponential moving average of a module's floating-point parameters and buffers."""
+    """Exponential moving average of a module's state: floating tensors averaged, the rest
+    (integer counters) copied."""
 
     def __init__(self, module: nn.Module, decay: float, warmup: bool = True) -> None:
         self.decay = decay
         self.warmup = warmup
         self.updates = 0
         self.shadow = {k: v.detach().clone() for k, v in module.state_dict().items()}
-
-    @property
-    def shadow(self) -> dict[str, torch.Tensor]:
-        """The averaged tensors, by state-dict key."""
-        return self._shadow
-
-    @shadow.setter
-    def shadow(self, tensors: dict[str, torch.Tensor]) -> None:
-        self._shadow = tensors
-        self._lists: tuple[nn.Module, list[torch.Tensor], list[torch.Tensor]] | None = None
 
     def current_decay(self) -> float:
         """The decay used by the next update: min(decay, (1 + n) / (10 + n)) with warm-up."""
@@ -69,65 +60,21 @@ class EMA:
 
     @torch.no_grad()
     def update(self, module: nn.Module) -> None:
-        """shadow <- d * shadow + (1 - d) * current, for floating tensors; copy the rest."""
-        d = self.current_decay()
-        if self._lists is None or self._lists[0] is not module:
-            self._lists = self._parameter_lists(module)
-        if self._lists is not None:
-            # one fused kernel per device and dtype instead of one per tensor
-            torch._foreach_lerp_(self._lists[1], self._lists[2], 1.0 - d)
-        else:
-            self._update_walking(module, d)
-        self.updates += 1
-
-    def _update_walking(self, module: nn.Module, d: float) -> None:
-        """The update by a walk of the state dict: floats averaged, the rest copied."""
-        floats: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
+        """shadow <- d * shadow + (1 - d) * current, in one fused kernel per device and dtype."""
+        floats: dict[str, torch.Tensor] = {}
         for key, value in module.state_dict().items():
-            shadow = self._follow_layout(key, value)
-            if shadow.is_floating_point() and shadow.dtype == value.dtype:
-                floats[0].append(shadow)
-                floats[1].append(value.detach())
-            elif shadow.is_floating_point():
-                shadow.lerp_(value.detach().to(shadow.dtype), 1.0 - d)
+            if self.shadow[key].is_floating_point():
+                floats[key] = value.to(self.shadow[key].dtype)
             else:
-                shadow.copy_(value)
-        if floats[0]:
-            torch._foreach_lerp_(floats[0], floats[1], 1.0 - d)
-
-    def _follow_layout(self, key: str, value: torch.Tensor) -> torch.Tensor:
-        """The shadow of ``key``, re-laid out like ``value`` if the model changed the tensor's
-        layout (a U-Net made its weights channels-last): a lerp between two layouts is slow."""
-        shadow = self._shadow[key]
-        if shadow.is_floating_point() and shadow.stride() != value.stride():
-            shadow = self._shadow[key] = torch.empty_like(value).copy_(shadow)
-        return shadow
-
-    def _parameter_lists(
-        self, module: nn.Module
-    ) -> tuple[nn.Module, list[torch.Tensor], list[torch.Tensor]] | None:
-        """``(module, shadows, parameters)`` when every entry of the module's state dict is a
-        floating-point parameter of its shadow's dtype, else ``None``.
-
-        A parameter stays the same tensor object while it trains (the optimizer relies on
-        that too), so these lists serve every later update without walking the state dict;
-        a module with persistent buffers is walked at each update, since a buffer may be
-        replaced by a new tensor.
-        """
-        state = module.state_dict(keep_vars=True)
-        if state.keys() != self._shadow.keys() or not all(
-            isinstance(v, nn.Parameter) and v.dtype == self._shadow[k].dtype
-            for k, v in state.items()
-        ):
-            return None
-        shadows = [self._follow_layout(k, v) for k, v in state.items()]
-        if not all(s.is_floating_point() for s in shadows):
-            return None
-        return module, shadows, list(state.values())
+                self.shadow[key].copy_(value)
+        if floats:
+            shadows = [self.shadow[key] for key in floats]
+            torch._foreach_lerp_(shadows, list(floats.values()), 1.0 - self.current_decay())
+        self.updates += 1
 
     def copy_to(self, module: nn.Module) -> None:
         """Load the averaged weights into ``module``."""
-        module.load_state_dict(self._shadow)
+        module.load_state_dict(self.shadow)
 
 
 def lr_factor(step: int, config: TrainConfig) -> float:
@@ -619,7 +566,8 @@ class Trainer(TrainLoop):
                 f"--resume: the checkpoint's model differs from this pipeline's (was the "
                 f"pipeline file changed?): {str(exc).splitlines()[0]}"
             ) from exc
-        self.ema.shadow = {k: v.to(self.device) for k, v in _strip(tensors, "ema.").items()}
+        for key, value in _strip(tensors, "ema.").items():
+            self.ema.shadow[key].copy_(value)  # into the averages' own memory layout
         self.ema.updates = int(meta["ema_updates"])
         state: dict[int, dict[str, torch.Tensor]] = {}
         for key, value in _strip(tensors, "optim.").items():

@@ -754,14 +754,14 @@ class LossWeighting(Component, abc.ABC):
     """Which timesteps training sees and how much each counts (kind ``weighting``).
 
     :meth:`weights` gives w_t in eps space: the loss of an example is w_t ||eps_hat - eps||^2
-    averaged over dimensions, whatever the parameterization (the model converts).
+    averaged over dimensions, whatever the parameterization (the objective converts).
     :meth:`sample_t` draws the training indices with a correction factor for non-uniform
     draws, and :meth:`observe` receives each example's loss afterwards (for weightings that
     learn from history).
     """
 
     observes: ClassVar[bool] = False
-    """Whether :meth:`observe` learns from the losses (else the model skips the call)."""
+    """Whether :meth:`observe` learns from the losses (else the objective skips the call)."""
 
     def check(self, model: DiffusionModel) -> None:
         """Raise :class:`~ddpmkit.ConfigError` if this weighting cannot train ``model``.

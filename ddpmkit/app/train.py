@@ -61,15 +61,16 @@ class EMA:
     @torch.no_grad()
     def update(self, module: nn.Module) -> None:
         """shadow <- d * shadow + (1 - d) * current, in one fused kernel per device and dtype."""
-        floats: dict[str, torch.Tensor] = {}
+        shadows, values = [], []
         for key, value in module.state_dict().items():
-            if self.shadow[key].is_floating_point():
-                floats[key] = value.to(self.shadow[key].dtype)
-            else:
-                self.shadow[key].copy_(value)
-        if floats:
-            shadows = [self.shadow[key] for key in floats]
-            torch._foreach_lerp_(shadows, list(floats.values()), 1.0 - self.current_decay())
+            shadow = self.shadow[key]
+            if not shadow.is_floating_point():
+                shadow.copy_(value)
+                continue
+            shadows.append(shadow)
+            values.append(value if value.dtype == shadow.dtype else value.to(shadow.dtype))
+        if shadows:
+            torch._foreach_lerp_(shadows, values, 1.0 - self.current_decay())
         self.updates += 1
 
     def copy_to(self, module: nn.Module) -> None:

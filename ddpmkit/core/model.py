@@ -149,11 +149,10 @@ class DiffusionModel(nn.Module):
     def refresh_schedule(self) -> None:
         """Re-read the schedule's abar_t after its parameters changed (an optimizer step,
         loading weights); a fixed schedule's stays the same tensor, and nothing is redone."""
-        with torch.no_grad():
-            self.schedule.refresh()
-            if self.schedule.alphas_cumprod is not self._tables_of:
-                self._set_tables(self.schedule.alphas_cumprod)
-                self._tables_of = self.schedule.alphas_cumprod
+        self.schedule.refresh()  # a no-grad snapshot
+        if self.schedule.alphas_cumprod is not self._tables_of:
+            self._set_tables(self.schedule.alphas_cumprod)
+            self._tables_of = self.schedule.alphas_cumprod
 
     @contextlib.contextmanager
     def reading_abar(self, lookup: AbarLookup) -> Iterator[None]:

@@ -198,6 +198,34 @@ class Constant(Denoiser):
         return torch.full_like(x_t, 0.3)
 
 
+def test_the_default_objective_follows_the_weighting_vlb_weight_and_schedule() -> None:
+    """One place picks a model's diffusion loss: L_simple (with the weighting), L_hybrid when
+    vlb_weight > 0, the bound for a schedule that trains on it (and nothing else with it)."""
+    fixed = gaussian_model(10, schedule="cosine")
+    p2 = ddpmkit.create("weighting", "p2")
+    simple = ddpmkit.diffusion_objective(fixed, p2)
+    assert type(simple) is ddpmkit.SimpleObjective and simple.weighting is p2
+    hybrid = ddpmkit.diffusion_objective(fixed, vlb_weight=0.001)
+    assert isinstance(hybrid, ddpmkit.HybridObjective) and hybrid.params.vlb_weight == 0.001
+    learned = DiffusionModel(
+        ddpmkit.create("schedule", "learned", timesteps=10, hidden=4),
+        GaussianOracle([MU], S),
+        ddpmkit.create("parameterization", "eps"),
+    )
+    assert type(ddpmkit.diffusion_objective(learned)) is ddpmkit.VLBObjective
+    for extra in ({"weighting": p2}, {"vlb_weight": 0.001}):
+        with pytest.raises(ddpmkit.ConfigError, match="learned on the variational bound"):
+            ddpmkit.diffusion_objective(learned, **extra)  # type: ignore[arg-type]
+
+
+def test_refreshing_a_fixed_schedule_rebuilds_nothing() -> None:
+    model = gaussian_model(10, schedule="cosine")
+    tables = model.alphas_cumprod
+    model.refresh_schedule()
+    model.load_state_dict(model.state_dict())  # the load hook refreshes too
+    assert model.alphas_cumprod is tables
+
+
 def test_image_bounds_clip_the_predicted_x0_to_the_data_range() -> None:
     """With the discretized decoder (data in [-1, 1]) the bound is evaluated with x0_hat
     clamped, as Ho et al. do; where abar_t is tiny an unclipped x0_hat = (x_t - s eps) / a is

@@ -1,6 +1,6 @@
 """A learned schedule against the same schedule frozen: the bound and its estimator's spread.
 
-An MLP is trained on the variational bound itself (``DiffusionModel.vlb_loss``) on the 2D
+An MLP is trained on the variational bound itself (``ddpmkit.VLBObjective``) on the 2D
 three-component mixture of bench/oracle_vlb.py, once with the ``learned`` schedule frozen at
 its start (log SNR linear from 13.3 to -5; ``learn_ends = learn_shape = false``) and once
 trained with it (Kingma et al. 2021). Same seeds, same steps. On held-out points it reports
@@ -44,10 +44,11 @@ def train(learn: bool, steps: int, data: torch.Tensor) -> ddpmkit.DiffusionModel
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=2e-3)
     noise = torch.Generator().manual_seed(1)
     order = torch.Generator().manual_seed(2)
+    objective = ddpmkit.VLBObjective()
     start = time.perf_counter()
     for step in range(steps):
         x0 = data[torch.randint(0, data.shape[0], (512,), generator=order)]
-        loss = model.vlb_loss(x0, generator=noise)
+        loss = objective.batch_loss(model, x0, generator=noise)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -60,12 +61,13 @@ def train(learn: bool, steps: int, data: torch.Tensor) -> ddpmkit.DiffusionModel
 
 def estimator_std(model: ddpmkit.DiffusionModel, x0: torch.Tensor, repeats: int = 8) -> float:
     """Standard deviation (nats) of the one-sample bound (T-1) L_{t-1} + L_0 + L_T that
-    ``vlb_loss`` trains on, over examples, t and the noise."""
+    ``VLBObjective`` trains on, over examples, t and the noise."""
     noise = torch.Generator().manual_seed(3)
+    objective = ddpmkit.VLBObjective()
     to_nats = x0.shape[1] * math.log(2.0)
     with torch.no_grad():
         draws = [
-            model.vlb_loss(x0[i : i + 1], generator=noise) * to_nats
+            objective.batch_loss(model, x0[i : i + 1], generator=noise) * to_nats
             for _ in range(repeats)
             for i in range(0, x0.shape[0], 8)
         ]

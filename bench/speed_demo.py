@@ -34,7 +34,7 @@ from ddpmkit.app.train import Trainer
 config = load_config(sys.argv[1])
 pipeline = Pipeline.build(config)
 trainer = Trainer(pipeline.model, pipeline.dataset, config.train, progress=False)
-trainer.train_step(*next(trainer.batches()))
+trainer.train_step(next(trainer.batches()))
 print(time.time(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 

@@ -24,7 +24,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import machine
 
-from ddpmkit import DiffusionModel, create
+from ddpmkit import Batch, DiffusionModel, create
 from ddpmkit.app.accel import autocast
 from ddpmkit.app.config import TrainConfig
 from ddpmkit.app.train import Trainer
@@ -111,7 +111,8 @@ def ddpmkit_train(
     data = create("dataset", "shapes", image_size=size["image"], num_examples=size["batch"])
     trainer = Trainer(model, data, config, progress=False)
     x0 = torch.randn(size["batch"], 3, size["image"], size["image"], device=device)
-    return lambda: trainer.step_loss(x0)
+    batch = Batch(x0, torch.zeros(size["batch"], dtype=torch.long), ("",) * size["batch"])
+    return lambda: trainer.step_loss(batch)
 
 
 def diffusers_train(

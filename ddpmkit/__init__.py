@@ -21,7 +21,10 @@ from ddpmkit.core.interfaces import (
     Conditioning,
     Dataset,
     Denoiser,
+    Draws,
     Example,
+    FitNetwork,
+    Generators,
     Guidance,
     LearnableSchedule,
     LearnableScheduleParams,
@@ -37,6 +40,7 @@ from ddpmkit.core.interfaces import (
     SamplerStep,
     Stage,
     StageContext,
+    StageLoss,
     TrainingObjective,
     caption_words,
 )
@@ -58,6 +62,12 @@ from ddpmkit.core.plugin_policy import PLUGIN_API_VERSION
 from ddpmkit.core.registry import create, register
 from ddpmkit.core.runinfo import RunInfo
 from ddpmkit.core.wiring import BuildContext, CheckContext, PipelineRun
+from ddpmkit.objectives import (
+    HybridObjective,
+    SimpleObjective,
+    VLBObjective,
+    diffusion_objective,
+)
 
 __version__ = "0.1.0"
 
@@ -77,8 +87,12 @@ __all__ = [
     "Decoder",
     "Denoiser",
     "DiffusionModel",
+    "Draws",
     "Example",
+    "FitNetwork",
+    "Generators",
     "Guidance",
+    "HybridObjective",
     "LearnableSchedule",
     "LearnableScheduleParams",
     "LossWeighting",
@@ -94,14 +108,18 @@ __all__ = [
     "Sampler",
     "SamplerCallback",
     "SamplerStep",
+    "SimpleObjective",
     "Stage",
     "StageContext",
+    "StageLoss",
     "TrainingObjective",
+    "VLBObjective",
     "__version__",
     "broadcast",
     "caption_words",
     "column",
     "create",
+    "diffusion_objective",
     "eps_from_x0",
     "guided_predict",
     "hookimpl",

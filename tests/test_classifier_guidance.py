@@ -26,7 +26,7 @@ from ddpmkit import (
 from ddpmkit.app.cli import main
 from ddpmkit.app.config import load_config
 from ddpmkit.app.pipeline import Pipeline
-from ddpmkit.app.stages import fit_network
+from ddpmkit.app.stages import stage_context
 from ddpmkit.core import registry
 from ddpmkit.testing import ReferenceImages, reference_model
 from ddpmkit_conditioning import ClassifierGuidance
@@ -279,7 +279,7 @@ def test_the_stage_trains_an_accurate_classifier_and_the_guidance_loads_it(
     stage.check(CheckContext(model=model, dataset=data))
     folder = tmp_path / "stages" / "clf"
     folder.mkdir(parents=True)
-    stage.run(StageContext("clf", folder, model, data, torch.device("cpu"), 0, False))
+    stage.run(stage_context("clf", folder, model, data, torch.device("cpu"), 0, False))
     accuracy = json.loads((folder / ACCURACY_FILE).read_text())
     assert accuracy["t"][0] == 0 and accuracy["accuracy"][0] > 0.9  # chance is 0.5
     logged = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
@@ -302,13 +302,11 @@ def test_the_guidance_refuses_a_folder_without_a_classifier(tmp_path: Path) -> N
         g.attach({"clf": tmp_path})
     other = tmp_path / "other"
     other.mkdir()
-    context = StageContext(
+    context = stage_context(
         "other", other, reference_model(), ReferenceImages(), torch.device("cpu"), 0, False
     )
     network = nn.Linear(1, 1)
-    fit_network(
-        network, lambda b, g: (network.weight.sum(), {}), context, steps=1, batch_size=2, lr=0.1
-    )
+    context.fit(network, lambda b, g: (network.weight.sum(), {}), steps=1, batch_size=2, lr=0.1)
     with pytest.raises(DdpmkitError, match="did not train a classifier"):
         g.attach({"clf": other})
 

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import ddpmkit
-from ddpmkit import Conditioning, ConfigError, DiffusionModel, StageContext
+from ddpmkit import Conditioning, ConfigError, DiffusionModel
+from ddpmkit.app.stages import stage_context
 from ddpmkit_conditioning.clip import ClipGuidance, NoisedClip, clip_loss
 
 VOCAB = ["a", "at", "blue", "circle", "left", "on", "red", "square", "the", "top"]
@@ -180,7 +181,7 @@ def test_train_clip_stage_learns_the_captions(tmp_path: Path) -> None:
         log_every=20,
     )
     torch.manual_seed(0)
-    stage.run(StageContext("clip", tmp_path, model, data, torch.device("cpu"), 0, False))
+    stage.run(stage_context("clip", tmp_path, model, data, torch.device("cpu"), 0, False))
     logs = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert logs[0]["loss"] > logs[-1]["loss"]
     assert logs[-1]["loss"] < 0.8 * math.log(32)

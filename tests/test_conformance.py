@@ -13,7 +13,8 @@ import torch
 from PIL import Image
 
 import ddpmkit_jsonl
-from ddpmkit import RunInfo, StageContext
+from ddpmkit import RunInfo
+from ddpmkit.app.stages import stage_context
 from ddpmkit.core import registry
 from ddpmkit.core.errors import PluginError
 from ddpmkit.core.model import DiffusionModel
@@ -278,7 +279,7 @@ class TestBundledGuidance(GuidanceContract):
             folder = tmp_path / "stages" / "clip"
             folder.mkdir(parents=True, exist_ok=True)
             stage = registry.create("stage", "train-clip", **TINY_CLIP)
-            stage.run(StageContext("clip", folder, model, data, cpu, 0, False))
+            stage.run(stage_context("clip", folder, model, data, cpu, 0, False))
             guidance.attach({"clip": folder})
             return guidance.for_conditions(["a bright image"])
         if name == "classifier":
@@ -290,7 +291,7 @@ class TestBundledGuidance(GuidanceContract):
                 stage = registry.create(
                     "stage", "train-classifier", steps=5, batch_size=8, **SMALL_CLASSIFIER
                 )
-                stage.run(StageContext("clf", folder, model, data, cpu, 0, False))
+                stage.run(stage_context("clf", folder, model, data, cpu, 0, False))
             guidance.attach({"clf": folder})
             return guidance.for_conditions(torch.tensor([1]))
         return guidance

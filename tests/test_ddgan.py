@@ -113,7 +113,9 @@ def test_real_pair_has_the_forward_marginals() -> None:
     x0 = torch.tensor([1.0, -2.0]).expand(n, 2)
     abar = torch.tensor(BETAS).neg().add(1).cumprod(0)
     for t in range(4):
-        x_prev, x_t = real_pair(model, x0, torch.full((n,), t), torch.Generator().manual_seed(t))
+        gen = torch.Generator().manual_seed(t)
+        eps_prev, eps_t = torch.randn(2, n, 2, generator=gen)
+        x_prev, x_t = real_pair(model, x0, torch.full((n,), t), eps_prev, eps_t)
         abar_prev = abar[t - 1] if t > 0 else torch.tensor(1.0)
         torch.testing.assert_close(x_t.mean(0), abar[t].sqrt() * x0[0], atol=0.01, rtol=0)
         torch.testing.assert_close(x_t.var(0), (1 - abar[t]).expand(2), atol=0.01, rtol=0)
@@ -136,7 +138,8 @@ def test_objective_steps_the_discriminator_and_returns_the_generator_loss() -> N
     objective.check(CheckContext(model=model))
     objective.setup(model, (2,))
     before = {k: v.clone() for k, v in objective.discriminator.state_dict().items()}
-    loss = objective.loss(model, torch.randn(64, 2), torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(0)
+    loss = objective.batch_loss(model, torch.randn(64, 2), generator=generator)
     assert loss.ndim == 0 and torch.isfinite(loss)
     after = objective.discriminator.state_dict()
     assert all(not torch.equal(before[k], after[k]) for k in before)  # one Adam step

@@ -24,6 +24,7 @@ from ddpmkit.app.cli import main
 from ddpmkit.core import checkpoint as checkpoint_module
 from ddpmkit.core.checkpoint import list_checkpoints, load_checkpoint
 from ddpmkit.core.model import DiffusionModel
+from ddpmkit.objectives import SimpleObjective
 
 
 def _files(folder: Path) -> list[str]:
@@ -67,17 +68,17 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(
 def _poison_loss(
     monkeypatch: pytest.MonkeyPatch, at_call: int, make: Callable[[torch.Tensor, Any], Any]
 ) -> None:
-    """From the ``at_call``-th call on (0-based), ``DiffusionModel.loss`` returns ``make``'s
-    value instead of the true loss."""
-    real_loss = DiffusionModel.loss
+    """From the ``at_call``-th call on (0-based), ``SimpleObjective.loss`` (the tiny
+    pipeline's objective) returns ``make``'s value instead of the true loss."""
+    real_loss = SimpleObjective.loss
     calls = {"n": 0}
 
-    def loss(self: DiffusionModel, *args: Any, **kwargs: Any) -> torch.Tensor:
-        value = real_loss(self, *args, **kwargs)
+    def loss(self: SimpleObjective, model: DiffusionModel, *args: Any) -> torch.Tensor:
+        value = real_loss(self, model, *args)
         calls["n"] += 1
-        return make(value, self) if calls["n"] > at_call else value
+        return make(value, model) if calls["n"] > at_call else value
 
-    monkeypatch.setattr(DiffusionModel, "loss", loss)
+    monkeypatch.setattr(SimpleObjective, "loss", loss)
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])

@@ -154,7 +154,8 @@ def test_hybrid_loss_trains_the_variance_only_through_the_vlb() -> None:
 
     def grads(vlb_weight: float) -> dict[str, torch.Tensor]:
         model.zero_grad()
-        model.loss(x0, t=t, eps=eps, vlb_weight=vlb_weight).backward()
+        objective = ddpmkit.diffusion_objective(model, vlb_weight=vlb_weight)
+        objective.loss(model, x0, None, {"t": t, "eps": eps}).backward()
         return {
             n: p.grad.clone() if p.grad is not None else None for n, p in model.named_parameters()
         }
@@ -175,7 +176,9 @@ def test_hybrid_loss_trains_the_variance_only_through_the_vlb() -> None:
         term = model.vlb_term(x0, model.q_sample(x0, t, eps), t, pred) / math.log(2)
         mse = (out[:, :1] - eps).pow(2).mean(1)
         expected = (mse + 0.001 * 100 * term).mean()
-    assert model.loss(x0, t=t, eps=eps, vlb_weight=0.001).item() == pytest.approx(expected.item())
+    hybrid = ddpmkit.HybridObjective(ddpmkit.objectives.HybridParams(vlb_weight=0.001))
+    loss = hybrid.loss(model, x0, None, {"t": t, "eps": eps})
+    assert loss.item() == pytest.approx(expected.item())
 
 
 class Constant(Denoiser):
@@ -193,6 +196,34 @@ class Constant(Denoiser):
         self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning | None = None
     ) -> torch.Tensor:
         return torch.full_like(x_t, 0.3)
+
+
+def test_the_default_objective_follows_the_weighting_vlb_weight_and_schedule() -> None:
+    """One place picks a model's diffusion loss: L_simple (with the weighting), L_hybrid when
+    vlb_weight > 0, the bound for a schedule that trains on it (and nothing else with it)."""
+    fixed = gaussian_model(10, schedule="cosine")
+    p2 = ddpmkit.create("weighting", "p2")
+    simple = ddpmkit.diffusion_objective(fixed, p2)
+    assert type(simple) is ddpmkit.SimpleObjective and simple.weighting is p2
+    hybrid = ddpmkit.diffusion_objective(fixed, vlb_weight=0.001)
+    assert isinstance(hybrid, ddpmkit.HybridObjective) and hybrid.params.vlb_weight == 0.001
+    learned = DiffusionModel(
+        ddpmkit.create("schedule", "learned", timesteps=10, hidden=4),
+        GaussianOracle([MU], S),
+        ddpmkit.create("parameterization", "eps"),
+    )
+    assert type(ddpmkit.diffusion_objective(learned)) is ddpmkit.VLBObjective
+    for extra in ({"weighting": p2}, {"vlb_weight": 0.001}):
+        with pytest.raises(ddpmkit.ConfigError, match="learned on the variational bound"):
+            ddpmkit.diffusion_objective(learned, **extra)  # type: ignore[arg-type]
+
+
+def test_refreshing_a_fixed_schedule_rebuilds_nothing() -> None:
+    model = gaussian_model(10, schedule="cosine")
+    tables = model.alphas_cumprod
+    model.refresh_schedule()
+    model.load_state_dict(model.state_dict())  # the load hook refreshes too
+    assert model.alphas_cumprod is tables
 
 
 def test_image_bounds_clip_the_predicted_x0_to_the_data_range() -> None:

@@ -54,11 +54,13 @@ CONDITIONAL = (
     ("[denoiser]", '[conditioner]\ntype = "class"\nnum_classes = 5\nembed_dim = 4\n\n[denoiser]'),
     ("[train]\n", "[train]\ncondition_dropout = 0.5\n"),
 )
+LEARNED = (('type = "linear"\ntimesteps = 40', 'type = "learned"\ntimesteps = 40\nhidden = 16'),)
+VARIANTS = {"unconditional": (), "class": CONDITIONAL, "learned-schedule": LEARNED}
 
 
-@pytest.mark.parametrize("conditional", [False, True], ids=["unconditional", "class"])
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_two_gloo_ranks_equal_one_process_with_the_same_global_batch(
-    tmp_path: Path, conditional: bool
+    tmp_path: Path, variant: str
 ) -> None:
     """``ddpmkit run --nproc 2`` (torchrun, gloo, 2 CPU ranks, 2 examples each) against one
     process with batch 4: the ranks draw the same t and noise for the global batch and each
@@ -67,10 +69,12 @@ def test_two_gloo_ranks_equal_one_process_with_the_same_global_batch(
     that into weight differences far below lr: measured 8e-7 after 4 steps of lr = 1e-3. A
     wrong shard, or noise that differs between ranks, moves weights by about lr = 1e-3 per
     step (Adam's first steps have size ~lr whatever the gradient), 100x the tolerance. With a
-    class conditioner the label dropout's coins are drawn for the global batch too."""
+    class conditioner the label dropout's coins are drawn for the global batch too; a learned
+    schedule's bound draws its stratified t for the global batch, and its gradients (the
+    shape's rescaled per example) reach the schedule on every rank."""
     path = tmp_path / "ddp.toml"
     text = TRAIN_ONLY.replace("{runs}", str(tmp_path / "runs"))
-    for old, new in CONDITIONAL if conditional else ():
+    for old, new in VARIANTS[variant]:
         text = text.replace(old, new, 1)
     path.write_text(text)
     assert main(["run", str(path), "--quiet", "--nproc", "2"]) == 0
@@ -129,7 +133,7 @@ def _randomise_output_layer(model: DiffusionModel) -> None:
 def _first_loss(write_pipeline: Callable[..., Path], tmp_path: Path, **train: object) -> float:
     pipeline, trainer = _trainer(write_pipeline, tmp_path, **train)
     _randomise_output_layer(pipeline.model)
-    return trainer.train_step(*next(trainer.batches()))
+    return trainer.train_step(next(trainer.batches()))
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
@@ -162,6 +166,26 @@ def test_fp16_resume_is_exact_with_the_gradient_scaler(
     b, meta_b = load_checkpoint(tmp_path / "b/ckpt/step-0000004.safetensors")
     assert [k for k in a if not torch.equal(a[k], b[k])] == []
     assert meta_a["grad_scaler"] == meta_b["grad_scaler"]
+
+
+def test_channels_last_resume_is_exact_and_keeps_the_ema_in_the_weights_layout(
+    write_pipeline: Callable[..., Path], tmp_path: Path
+) -> None:
+    """4 channels-last steps at once equal 2 steps, save, resume for 2; the resumed EMA
+    averages take the weights' memory layout (an average across layouts is slow)."""
+    _, once = _trainer(write_pipeline, tmp_path / "a", channels_last=True, steps=4)
+    once.train()
+    _, split = _trainer(write_pipeline, tmp_path / "b", channels_last=True, steps=2)
+    split.train()
+    _, resumed = _trainer(write_pipeline, tmp_path / "b", channels_last=True, steps=4)
+    assert resumed.resume() == 2
+    weight = resumed.model.denoiser.conv_out.weight
+    assert weight.is_contiguous(memory_format=torch.channels_last)
+    assert resumed.ema.shadow["denoiser.conv_out.weight"].stride() == weight.stride()
+    resumed.train()
+    a, _ = load_checkpoint(tmp_path / "a/ckpt/step-0000004.safetensors")
+    b, _ = load_checkpoint(tmp_path / "b/ckpt/step-0000004.safetensors")
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
 
 
 def test_channels_last_gives_the_same_step(
@@ -287,18 +311,19 @@ def test_cuda_checkpoints_carry_the_cuda_random_state(
 
 
 def test_multi_process_training_refuses_what_it_cannot_shard() -> None:
-    """A learnable schedule stratifies its own draws per call (and an objective, or a
-    weighting that learns from observed losses, would see one shard per rank): refused."""
+    """A weighting that learns from the losses it observes, or a discriminator stepped on each
+    rank's shard (adversarial training), would see one shard per rank: refused."""
     rank = DistContext(rank=0, world_size=2, local_rank=0)
     data = create("dataset", "two-moons", num_examples=8)
-    learned = DiffusionModel(
-        create("schedule", "learned", timesteps=100),
-        create("denoiser", "mlp", in_channels=2),
-        create("parameterization", "eps"),
-    )
-    with pytest.raises(ConfigError, match="learnable schedule is not supported in multi-proc"):
-        Trainer(learned, data, TrainConfig(batch_size=4), progress=False, dist=rank)
     model = _toy_model()
     importance = create("weighting", "importance")
     with pytest.raises(ConfigError, match="importance sampling"):
         Trainer(model, data, TrainConfig(batch_size=4), weighting=importance, dist=rank)
+    gan = DiffusionModel(
+        create("schedule", "cosine", timesteps=4),
+        create("denoiser", "ddgan-generator", in_channels=2, z_dim=4, backbone={"type": "mlp"}),
+        create("parameterization", "x0"),
+    )
+    ddgan = create("objective", "ddgan")
+    with pytest.raises(ConfigError, match="adversarial training"):
+        Trainer(gan, data, TrainConfig(batch_size=4), objective=ddgan, dist=rank)

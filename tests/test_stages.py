@@ -15,11 +15,11 @@ from pydantic import Field
 from torch import nn
 
 import ddpmkit
-from ddpmkit import Batch, Params, Prediction, StageContext
+from ddpmkit import Batch, DdpmkitError, Params, Prediction, StageContext
 from ddpmkit.app.cli import main
-from ddpmkit.app.stages import DONE_FILE, WEIGHTS_FILE, fit_network
+from ddpmkit.app.stages import DONE_FILE, WEIGHTS_FILE, stage_context
 from ddpmkit.core import registry
-from ddpmkit.testing import ReferenceImages, StageContract
+from ddpmkit.testing import ReferenceImages, StageContract, reference_model
 
 
 class MeanImage(nn.Module):
@@ -53,10 +53,9 @@ class MeanStage(ddpmkit.Stage):
         def loss(batch: Batch, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
             return ((network.image - batch.images) ** 2).mean(), {}
 
-        fit_network(
+        context.fit(
             network,
             loss,
-            context,
             steps=self.params.steps,
             batch_size=len(context.dataset),
             lr=0.05,
@@ -122,6 +121,21 @@ def test_a_stage_runs_first_and_its_user_gets_its_folder(
     # Adam's last steps are a small fraction of lr = 0.05 from the exact minimiser, the mean
     assert UsesMean.mean is not None
     torch.testing.assert_close(UsesMean.mean, data_mean(), atol=1e-2, rtol=0)
+
+
+def test_a_stage_network_whose_loss_is_not_finite_stops_with_the_stage_name(
+    tmp_path: Path,
+) -> None:
+    """``context.fit`` runs the trainer's loop, finiteness check included."""
+    data = ReferenceImages()
+    context = stage_context("odd", tmp_path, reference_model(), data, torch.device("cpu"), 0)
+    network = nn.Linear(1, 1)
+
+    def loss(batch: Batch, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        return network.weight.sum() * float("nan"), {}
+
+    with pytest.raises(DdpmkitError, match="stage odd: training diverged at step 0: loss is nan"):
+        context.fit(network, loss, steps=3, batch_size=2, lr=0.1)
 
 
 def test_a_resumed_run_keeps_a_finished_stage(

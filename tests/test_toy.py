@@ -268,7 +268,7 @@ def test_mlp_learns_two_moons() -> None:
     losses = []
     for _ in range(100):
         x0 = data.batch(torch.randint(0, 2000, (256,), generator=g).tolist()).images
-        loss = model.loss(x0, generator=g)
+        loss = ddpmkit.SimpleObjective().batch_loss(model, x0, generator=g)
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()

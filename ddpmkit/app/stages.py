@@ -1,37 +1,55 @@
-"""A pipeline's ``[stages]``: running them into the run folder, and the training loop that
-stages which train an auxiliary network (a noise-aware classifier, a noised CLIP) share."""
+"""A pipeline's ``[stages]``: running them into the run folder, and the training of the
+auxiliary networks some stages train (a noise-aware classifier, a noised CLIP) in the trainer's
+loop, which :attr:`~ddpmkit.StageContext.fit` reaches."""
 
 from __future__ import annotations
 
 import functools
 import json
-import math
 import shutil
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
+import attrs
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from ddpmkit.app.train import batch_indices
+from ddpmkit.app.config import TrainConfig
+from ddpmkit.app.train import MetricsCallback, TrainLoop
 from ddpmkit.core.checkpoint import WEIGHTS_FILE, save_checkpoint
 from ddpmkit.core.errors import DdpmkitError
-from ddpmkit.core.interfaces import Batch, Dataset, Stage, StageContext
+from ddpmkit.core.interfaces import Batch, Dataset, Stage, StageContext, StageLoss
 from ddpmkit.core.model import DiffusionModel
 from ddpmkit.core.wiring import PipelineRun, RunPipeline, no_pipeline_runner
 
 DONE_FILE = "stage.json"
 """Written into a stage's folder when its :meth:`~ddpmkit.Stage.run` returned."""
 
-StageLoss = Callable[[Batch, torch.Generator], tuple[torch.Tensor, dict[str, float]]]
-"""``(batch, generator) -> (scalar loss, numbers to log)``: one training step's loss."""
-
 
 def stage_directories(run: Path, names: Mapping[str, object] | list[str]) -> dict[str, Path]:
     """``<run>/stages/<name>`` for each stage name."""
     return {name: run / "stages" / name for name in names}
+
+
+def stage_context(
+    name: str,
+    directory: Path,
+    model: DiffusionModel,
+    dataset: Dataset,
+    device: torch.device,
+    seed: int,
+    progress: bool = True,
+    run_pipeline: RunPipeline = no_pipeline_runner,
+) -> StageContext:
+    """The context of stage ``name`` writing into ``directory``, whose ``fit`` trains a
+    network in the trainer's loop (:class:`~ddpmkit.app.train.TrainLoop`) and whose
+    ``run_pipeline`` runs a nested pipeline there."""
+    fit = _StageFit(name, directory, dataset, device, seed, progress)
+    return StageContext(
+        name, directory, model, dataset, device, seed, progress, fit=fit, run_pipeline=run_pipeline
+    )
 
 
 def run_stages(
@@ -70,9 +88,7 @@ def run_stages(
             runner = functools.partial(
                 run_pipeline, directory=folder, seed=seed, device=device, progress=progress
             )
-        context = StageContext(
-            name, folder, model, dataset, device, seed, progress, run_pipeline=runner
-        )
+        context = stage_context(name, folder, model, dataset, device, seed, progress, runner)
         stage.run(context)
         done = {"type": type(stage).__name__, "params": stage.params.model_dump(mode="json")}
         tmp = folder / f".{DONE_FILE}.tmp"
@@ -81,58 +97,98 @@ def run_stages(
     return folders
 
 
-def fit_network(
-    network: nn.Module,
-    loss_fn: StageLoss,
-    context: StageContext,
-    *,
-    steps: int,
-    batch_size: int,
-    lr: float,
-    log_every: int = 50,
-    metadata: Mapping[str, object] | None = None,
-) -> Path:
-    """Train ``network`` with AdamW on ``loss_fn`` over shuffled batches of the stage's data,
-    then save it to ``<stage folder>/model.safetensors`` (with ``metadata``); returns the path.
+@attrs.frozen
+class _StageFit:
+    """:attr:`~ddpmkit.StageContext.fit` of one stage (see :class:`~ddpmkit.FitNetwork`)."""
 
-    Shows step, loss, it/s and ETA; every ``log_every`` steps appends the mean of the logged
-    numbers to the stage's ``metrics.jsonl``. The data order is
-    :func:`~ddpmkit.app.train.batch_indices` of the stage's seed and the noise comes from one
-    generator seeded with it, so the same seed trains the same network.
-    """
-    network.to(context.device).train()
-    optimizer = torch.optim.AdamW(network.parameters(), lr=lr)
-    generator = torch.Generator().manual_seed(context.seed)
-    size = min(batch_size, len(context.dataset))
-    bar = tqdm(range(steps), desc=f"stage {context.name}", disable=not context.progress)
-    window: dict[str, float] = {}
-    count = 0
-    start = time.perf_counter()
-    with (context.directory / "metrics.jsonl").open("a") as log:
-        for step in bar:
-            indices = batch_indices(len(context.dataset), size, step, context.seed)
-            batch = context.dataset.batch(indices)
-            loss, numbers = loss_fn(batch, generator)
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise DdpmkitError(
-                    f"stage {context.name}: the loss is {value} at step {step + 1}; lower its lr"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            for key, number in {"loss": value, **numbers}.items():
-                window[key] = window.get(key, 0.0) + number
-            count += 1
-            if (step + 1) % log_every == 0 or step + 1 == steps:
-                means = {key: total / count for key, total in window.items()}
-                elapsed = time.perf_counter() - start
-                log.write(json.dumps({"step": step + 1, **means, "time": elapsed}) + "\n")
-                log.flush()
-                bar.set_postfix({k: f"{v:.4g}" for k, v in means.items()})
-                window, count = {}, 0
-    bar.close()
-    network.eval()
-    return save_checkpoint(
-        context.directory / WEIGHTS_FILE, network.state_dict(), dict(metadata or {}, steps=steps)
-    )
+    name: str
+    directory: Path
+    dataset: Dataset
+    device: torch.device
+    seed: int
+    progress: bool
+
+    def __call__(
+        self,
+        network: nn.Module,
+        loss_fn: StageLoss,
+        *,
+        steps: int,
+        batch_size: int,
+        lr: float,
+        log_every: int = 50,
+        metadata: Mapping[str, object] | None = None,
+    ) -> Path:
+        """Train ``network`` in the trainer's loop, save it and return its path."""
+        network.to(self.device)
+        if steps > 0:
+            # AdamW's own defaults but lr; no warm-up, no clipping
+            size = min(batch_size, len(self.dataset))
+            config = TrainConfig(
+                steps=steps,
+                batch_size=size,
+                lr=lr,
+                weight_decay=0.01,
+                grad_clip=0.0,
+                log_every=log_every,
+            )
+            start = time.perf_counter()
+            with (self.directory / "metrics.jsonl").open("a") as log:
+
+                def write(step: int, metrics: dict[str, Any]) -> None:
+                    elapsed = time.perf_counter() - start
+                    log.write(json.dumps({"step": step, **metrics, "time": elapsed}) + "\n")
+                    log.flush()
+
+                _NetworkFit(network, loss_fn, self, config, write).train()
+        network.eval()
+        return save_checkpoint(
+            self.directory / WEIGHTS_FILE, network.state_dict(), dict(metadata or {}, steps=steps)
+        )
+
+
+class _NetworkFit(TrainLoop):
+    """A stage's network in the training loop: the loss is the stage's function of the batch
+    and of one generator seeded with the stage's seed; its numbers are logged as means."""
+
+    def __init__(
+        self,
+        network: nn.Module,
+        loss_fn: StageLoss,
+        stage: _StageFit,
+        config: TrainConfig,
+        on_metrics: MetricsCallback,
+    ) -> None:
+        super().__init__(
+            network,
+            stage.dataset,
+            config,
+            device=stage.device,
+            seed=stage.seed,
+            on_metrics=on_metrics,
+            progress=stage.progress,
+            desc=f"stage {stage.name}",
+        )
+        self.name = stage.name
+        self.loss_fn = loss_fn
+        self.generator = torch.Generator().manual_seed(stage.seed)
+        self.numbers: dict[str, list[float]] = {}
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        """The stage's loss of ``batch``; its numbers are kept for the next log."""
+        loss, numbers = self.loss_fn(batch, self.generator)
+        for key, number in numbers.items():
+            self.numbers.setdefault(key, []).append(number)
+        return loss
+
+    def metrics(self) -> dict[str, float]:
+        """The means of the stage's numbers since the last log."""
+        means = {key: sum(values) / len(values) for key, values in self.numbers.items()}
+        self.numbers = {}
+        return means
+
+    def diverged(self, what: str) -> DdpmkitError:
+        """The error that stops the stage: the step, what was not finite, what to do."""
+        return DdpmkitError(
+            f"stage {self.name}: training diverged at step {self.step}: {what}; lower its lr"
+        )

@@ -30,33 +30,28 @@ from ddpmkit.core.checkpoint import (
 )
 from ddpmkit.core.errors import ConfigError, DdpmkitError
 from ddpmkit.core.interfaces import (
+    Batch,
     Conditioning,
     Dataset,
-    LearnableSchedule,
+    Draws,
+    Generators,
     LossWeighting,
     TrainingObjective,
 )
 from ddpmkit.core.model import DiffusionModel
+from ddpmkit.core.wiring import CheckContext
+from ddpmkit.objectives import diffusion_objective
 
 
 class EMA:
-    """Exponential moving average of a module's floating-point parameters and buffers."""
+    """Exponential moving average of a module's state: floating tensors averaged, the rest
+    (integer counters) copied."""
 
     def __init__(self, module: nn.Module, decay: float, warmup: bool = True) -> None:
         self.decay = decay
         self.warmup = warmup
         self.updates = 0
         self.shadow = {k: v.detach().clone() for k, v in module.state_dict().items()}
-
-    @property
-    def shadow(self) -> dict[str, torch.Tensor]:
-        """The averaged tensors, by state-dict key."""
-        return self._shadow
-
-    @shadow.setter
-    def shadow(self, tensors: dict[str, torch.Tensor]) -> None:
-        self._shadow = tensors
-        self._lists: tuple[nn.Module, list[torch.Tensor], list[torch.Tensor]] | None = None
 
     def current_decay(self) -> float:
         """The decay used by the next update: min(decay, (1 + n) / (10 + n)) with warm-up."""
@@ -66,65 +61,22 @@ class EMA:
 
     @torch.no_grad()
     def update(self, module: nn.Module) -> None:
-        """shadow <- d * shadow + (1 - d) * current, for floating tensors; copy the rest."""
-        d = self.current_decay()
-        if self._lists is None or self._lists[0] is not module:
-            self._lists = self._parameter_lists(module)
-        if self._lists is not None:
-            # one fused kernel per device and dtype instead of one per tensor
-            torch._foreach_lerp_(self._lists[1], self._lists[2], 1.0 - d)
-        else:
-            self._update_walking(module, d)
-        self.updates += 1
-
-    def _update_walking(self, module: nn.Module, d: float) -> None:
-        """The update by a walk of the state dict: floats averaged, the rest copied."""
-        floats: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
+        """shadow <- d * shadow + (1 - d) * current, in one fused kernel per device and dtype."""
+        shadows, values = [], []
         for key, value in module.state_dict().items():
-            shadow = self._follow_layout(key, value)
-            if shadow.is_floating_point() and shadow.dtype == value.dtype:
-                floats[0].append(shadow)
-                floats[1].append(value.detach())
-            elif shadow.is_floating_point():
-                shadow.lerp_(value.detach().to(shadow.dtype), 1.0 - d)
-            else:
+            shadow = self.shadow[key]
+            if not shadow.is_floating_point():
                 shadow.copy_(value)
-        if floats[0]:
-            torch._foreach_lerp_(floats[0], floats[1], 1.0 - d)
-
-    def _follow_layout(self, key: str, value: torch.Tensor) -> torch.Tensor:
-        """The shadow of ``key``, re-laid out like ``value`` if the model changed the tensor's
-        layout (a U-Net made its weights channels-last): a lerp between two layouts is slow."""
-        shadow = self._shadow[key]
-        if shadow.is_floating_point() and shadow.stride() != value.stride():
-            shadow = self._shadow[key] = torch.empty_like(value).copy_(shadow)
-        return shadow
-
-    def _parameter_lists(
-        self, module: nn.Module
-    ) -> tuple[nn.Module, list[torch.Tensor], list[torch.Tensor]] | None:
-        """``(module, shadows, parameters)`` when every entry of the module's state dict is a
-        floating-point parameter of its shadow's dtype, else ``None``.
-
-        A parameter stays the same tensor object while it trains (the optimizer relies on
-        that too), so these lists serve every later update without walking the state dict;
-        a module with persistent buffers is walked at each update, since a buffer may be
-        replaced by a new tensor.
-        """
-        state = module.state_dict(keep_vars=True)
-        if state.keys() != self._shadow.keys() or not all(
-            isinstance(v, nn.Parameter) and v.dtype == self._shadow[k].dtype
-            for k, v in state.items()
-        ):
-            return None
-        shadows = [self._follow_layout(k, v) for k, v in state.items()]
-        if not all(s.is_floating_point() for s in shadows):
-            return None
-        return module, shadows, list(state.values())
+                continue
+            shadows.append(shadow)
+            values.append(value if value.dtype == shadow.dtype else value.to(shadow.dtype))
+        if shadows:
+            torch._foreach_lerp_(shadows, values, 1.0 - self.current_decay())
+        self.updates += 1
 
     def copy_to(self, module: nn.Module) -> None:
         """Load the averaged weights into ``module``."""
-        module.load_state_dict(self._shadow)
+        module.load_state_dict(self.shadow)
 
 
 def lr_factor(step: int, config: TrainConfig) -> float:
@@ -160,200 +112,101 @@ CheckpointCallback = Callable[[int, Path], None]
 
 
 class _Loss(nn.Module):
-    """The model's training loss as a module's forward, so DDP can wrap it: DDP synchronises
-    the gradients of whatever its module's forward computed, here every model parameter."""
+    """The objective's loss as a module's forward, so DDP can wrap it: DDP synchronises the
+    gradients of whatever its module's forward computed, here every model parameter."""
 
-    def __init__(self, model: DiffusionModel, config: TrainConfig, weighting: Any) -> None:
+    def __init__(self, model: DiffusionModel, objective: TrainingObjective) -> None:
         super().__init__()
         self.model = model
-        self.vlb_weight = config.vlb_weight
-        self.weighting = weighting
+        self.objective = objective
 
-    def forward(
-        self,
-        x0: torch.Tensor,
-        t: torch.Tensor,
-        eps: torch.Tensor,
-        correction: torch.Tensor | None,
-        cond: Conditioning | None = None,
-    ) -> torch.Tensor:
-        """The batch mean of the loss at the given indices and noise."""
-        return self.model.loss(
-            x0,
-            cond,
-            t=t,
-            eps=eps,
-            correction=correction,
-            weighting=self.weighting,
-            vlb_weight=self.vlb_weight,
-        )
+    def forward(self, x0: torch.Tensor, cond: Conditioning | None, draws: Draws) -> torch.Tensor:
+        """The objective's loss of this shard ``x0`` at its rows of the draws."""
+        return self.objective.loss(self.model, x0, cond, draws)
 
 
-class Trainer:
-    """Trains a :class:`DiffusionModel` on a :class:`Dataset` with L_simple.
+class TrainLoop:
+    """The training loop of the trainer and of every stage that trains a network: AdamW steps
+    of a network's trainable parameters on the :meth:`loss` of each step's batch, with
+    learning-rate warm-up and decay, a gradient scaler for fp16, gradient-norm clipping and
+    finiteness checks.
 
-    ``train()`` runs from the current step to ``config.steps``; with a ``checkpoint_dir`` it
-    saves every ``checkpoint_every`` steps and at the end, and :meth:`resume` restores the
-    weights, EMA, optimizer, gradient scaler and random state from the newest checkpoint there.
-
-    With a :class:`~ddpmkit.app.distributed.DistContext` each rank computes the loss on its shard
-    of every global batch inside ``DistributedDataParallel``; the indices t and the noise are
-    drawn for the whole global batch on every rank (one generator, one seed), so the ranks
-    together see exactly the examples, t and noise of one process with the same batch size.
+    :meth:`train` runs the remaining steps with a progress bar (step, loss, it/s, ETA) and
+    every ``config.log_every`` steps hands the mean loss, the learning rate, it/s and
+    :meth:`metrics` to ``on_metrics``. The data order is :func:`batch_indices` of ``seed``.
     """
 
     def __init__(
         self,
-        model: DiffusionModel,
+        network: nn.Module,
         dataset: Dataset,
         config: TrainConfig,
         *,
+        device: torch.device,
         seed: int = 0,
-        checkpoint_dir: Path | None = None,
-        checkpoint_metadata: dict[str, Any] | None = None,
         on_metrics: MetricsCallback | None = None,
-        on_checkpoint: CheckpointCallback | None = None,
-        weighting: LossWeighting | None = None,
-        objective: TrainingObjective | None = None,
-        condition_dropout: float = 0.0,
         progress: bool = True,
-        dist: DistContext | None = None,
+        desc: str = "train",
     ) -> None:
-        self.model = model
+        self.network = network
         self.dataset = dataset
         self.config = config
+        self.device = device
         self.seed = seed
-        self.checkpoint_dir = checkpoint_dir
-        self.checkpoint_metadata = checkpoint_metadata or {}
         self.on_metrics = on_metrics
-        self.on_checkpoint = on_checkpoint
-        self.weighting = weighting
-        self.objective = objective
-        self.condition_dropout = condition_dropout
         self.progress = progress
-        self.device = model.alphas_cumprod.device
+        self.desc = desc
+        self.step = 0
+        self.dist: DistContext | None = None
+        self.shard = slice(0, config.batch_size)
         # the trained parameters, listed once: the optimizer's, and the ones clipping visits
-        self.trained = [p for p in model.parameters() if p.requires_grad]
+        self.trained = [p for p in network.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
             self.trained,
             lr=config.lr,
             betas=config.adam_betas,
             weight_decay=config.weight_decay,
         )
-        self.ema = EMA(model, config.ema_decay, config.ema_warmup)
-        self.noise = torch.Generator().manual_seed(seed + 1)
-        # on a GPU the Gaussian noise is drawn there: no host draw and copy every step
-        self.eps_noise = (
-            self.noise
-            if self.device.type == "cpu"
-            else torch.Generator(self.device).manual_seed(seed + 2)
-        )
-        if objective is not None:
-            if config.precision != "fp32":
-                raise ConfigError(
-                    "train.precision: a train.objective trains in fp32 (it runs its own "
-                    "networks and updates); remove train.precision"
-                )
-            objective.setup(model, tuple(dataset.shape))
-        # the model's own draws: a learnable schedule's bound stratifies t itself
-        self._own_draws = objective is not None or isinstance(model.schedule, LearnableSchedule)
-        if dist is not None and self._own_draws:
-            raise ConfigError(
-                "train: a train.objective or a learnable schedule is not supported in "
-                "multi-process training yet"
-            )
-        self.step = 0
-        self.dist = dist
-        self.shard = dist.shard(config.batch_size) if dist else slice(0, config.batch_size)
-        if dist is not None and weighting is not None and weighting.observes:
-            raise ConfigError(
-                "train.weighting: a weighting that learns from the losses it observes "
-                "(importance sampling) is not supported in multi-process training yet"
-            )
-        prepare_for_training(model, config)
-        self._nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
-        self.scaler = grad_scaler(self.device, config.precision)
-        self.replica_digests: list[str] | None = None
-        self._loss = _Loss(model, config, weighting)
-        # the loss module's forward itself in one process (no hooks to run: it is private)
-        self._forward: Callable[..., torch.Tensor] = self._loss.forward
-        if dist is not None:
-            from torch.nn.parallel import DistributedDataParallel
+        self.scaler = grad_scaler(device, config.precision)
+        self._nonfinite = torch.zeros((), dtype=torch.bool, device=device)
 
-            # no batch statistics: the parameters are all the ranks must share
-            params = inspect.signature(DistributedDataParallel).parameters
-            no_buffer_sync: dict[str, Any] = (
-                {"forward_sync_buffers": False}
-                if "forward_sync_buffers" in params
-                else {"broadcast_buffers": False}
-            )
-            self._forward = DistributedDataParallel(
-                self._loss,
-                device_ids=[self.device] if self.device.type == "cuda" else None,
-                **no_buffer_sync,
-            )
+    def loss(self, batch: Batch) -> torch.Tensor:
+        """The scalar loss of this process's ``batch`` (Algorithm 1, lines 3-5)."""
+        raise NotImplementedError
+
+    def after_step(self) -> None:
+        """What follows each optimizer step (default: nothing)."""
+
+    def metrics(self) -> dict[str, float]:
+        """Numbers logged beside the loss (default: none)."""
+        return {}
+
+    def save(self) -> Path | None:
+        """Save the state to continue from (default: nothing saved)."""
+        return None
+
+    def finish(self) -> None:
+        """What follows the last step (default: nothing)."""
+
+    def diverged(self, what: str) -> DdpmkitError:
+        """The error that stops a diverged run: the step, and what was not finite."""
+        return DdpmkitError(f"training diverged at step {self.step}: {what}")
 
     # -- the loop ----------------------------------------------------------------------------
 
-    def batches(self) -> Iterator[tuple[torch.Tensor, Any]]:
-        """Training images for each remaining step (this rank's shard), on the model's device,
-        and their raw conditions (``None`` for an unconditional model)."""
-        conditioner = self.model.conditioner
+    def batches(self) -> Iterator[Batch]:
+        """This process's shard of the batch of each remaining step (Algorithm 1, line 2)."""
         for step in range(self.step, self.config.steps):
             indices = batch_indices(len(self.dataset), self.config.batch_size, step, self.seed)
-            batch = self.dataset.batch(indices[self.shard])
-            raw = conditioner.raw_from_batch(batch) if conditioner is not None else None
-            images = batch.images.to(self.device, non_blocking=True)
-            yield (channels_last(images) if self.config.channels_last else images), raw
+            yield self.dataset.batch(indices[self.shard])
 
-    def draw(self, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Algorithm 1, lines 3-4, for the global batch: ``(t, eps, correction)`` of this
-        rank's shard. Every rank draws the same numbers, in the order ``model.loss`` would."""
-        batch = self.config.batch_size
-        if self.weighting is not None:
-            t, correction = self.weighting.sample_t(batch, self.model, self.noise)
-        else:
-            t = torch.randint(0, self.model.T, (batch,), generator=self.noise)
-            correction = None
-        gen = self.eps_noise
-        eps = torch.randn((batch, *x0.shape[1:]), generator=gen, device=gen.device, dtype=x0.dtype)
-        if self.dist is not None:
-            t, eps = t[self.shard], eps[self.shard]
-            correction = None if correction is None else correction[self.shard]
-        eps = eps.to(self.device)
-        return t, channels_last(eps) if self.config.channels_last else eps, correction
-
-    def condition(self, raw: Any) -> Conditioning | None:
-        """Encode ``raw`` and replace each example's condition by the null one with
-        probability ``condition_dropout`` (Ho & Salimans 2021, Algorithm 1); the coin flips
-        are drawn for the global batch, like t and eps, and this rank keeps its shard."""
-        conditioner = self.model.conditioner
-        if conditioner is None or raw is None:
-            return None
-        cond = self.model.encode(raw.to(self.device) if torch.is_tensor(raw) else raw)
-        assert cond is not None
-        if self.condition_dropout <= 0:
-            return cond
-        coins = torch.rand(self.config.batch_size, generator=self.noise)[self.shard]
-        drop = (coins < self.condition_dropout).to(self.device)
-        return cond.where(drop, conditioner.null(int(drop.numel()), self.device))
-
-    def step_loss(self, x0: torch.Tensor, raw: Any = None) -> torch.Tensor:
-        """One step of Algorithm 1 (lines 2-5) plus the EMA update; returns the loss as a
-        tensor on the device (reading it would wait for the device: the loop does so only
-        when it logs)."""
+    def step_loss(self, batch: Batch) -> torch.Tensor:
+        """One optimizer step on the loss of ``batch`` (Algorithm 1, line 5), then
+        :meth:`after_step`; returns the loss as a tensor on the device (reading it would wait
+        for the device: the loop does so only when it logs)."""
         for group in self.optimizer.param_groups:
             group["lr"] = self.config.lr * lr_factor(self.step, self.config)
-        if self.objective is not None:
-            loss: torch.Tensor = self.objective.loss(self.model, x0, self.noise)
-        elif self._own_draws:
-            with autocast(self.device, self.config.precision):
-                loss = self.model.loss(x0, self.condition(raw), generator=self.noise)
-        else:
-            t, eps, correction = self.draw(x0)
-            cond = self.condition(raw)
-            with autocast(self.device, self.config.precision):
-                loss = self._forward(x0, t, eps, correction, cond)
+        loss = self.loss(batch)
         self._check_finite(loss, "loss")
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
@@ -370,8 +223,7 @@ class Trainer:
             self.scaler.update()
         else:
             self.optimizer.step()
-        self.model.refresh_schedule()
-        self.ema.update(self.model)
+        self.after_step()
         self.step += 1
         return loss.detach()
 
@@ -379,7 +231,7 @@ class Trainer:
         """Stop at once when ``value`` is not finite. On the CPU it is read as a number (a
         fraction of a microsecond, where a tensor test is several); on a GPU reading would
         wait for the device, so the check is folded into a flag read at the next log or
-        checkpoint instead (and :meth:`save` refuses non-finite weights either way)."""
+        checkpoint instead (and a trainer refuses to save non-finite weights either way)."""
         if self.device.type == "cpu":
             number = value.item()
             if not math.isfinite(number):
@@ -387,64 +239,62 @@ class Trainer:
         else:
             self._nonfinite |= ~torch.isfinite(value.detach())
 
-    def train_step(self, x0: torch.Tensor, raw: Any = None) -> float:
+    def train_step(self, batch: Batch) -> float:
         """:meth:`step_loss`, with the loss read back as a number (checked to be finite)."""
-        loss = self.step_loss(x0, raw).item()
+        loss = self.step_loss(batch).item()
         if not math.isfinite(loss):
             raise self.diverged(f"loss is {loss}")
         return loss
 
     def train(self) -> None:
         """Run the remaining steps with a progress bar (step, loss, it/s, ETA)."""
-        self.model.train()
+        self.network.train()
         cfg = self.config
         bar = tqdm(
             total=cfg.steps,
             initial=self.step,
-            desc="train",
+            desc=self.desc,
             unit="step",
             disable=not self.progress,
             dynamic_ncols=True,
             mininterval=0.5,
         )
         # the window's losses stay on the device: no host sync per step
-        window_losses: list[torch.Tensor] = []
+        window: list[torch.Tensor] = []
         window_start = time.perf_counter()
         stop = _StopRequest()
         try:
-            for x0, raw in self.batches():
+            for batch in self.batches():
                 if self._stop_agreed(stop):
                     # Ctrl-C or SIGTERM between two steps: the state is whole, keep it
-                    self.save()
-                    raise KeyboardInterrupt(f"stopped at step {self.step}; checkpoint saved")
-                window_losses.append(self.step_loss(x0, raw))
+                    saved = "; checkpoint saved" if self.save() is not None else ""
+                    raise KeyboardInterrupt(f"stopped at step {self.step}{saved}")
+                window.append(self.step_loss(batch))
                 bar.update(1)
                 logs = self.step % cfg.log_every == 0 or self.step == cfg.steps
                 every = cfg.checkpoint_every
                 saves = bool(every) and self.step % every == 0 and self.step < cfg.steps
                 if logs or saves:
-                    loss = self._window_mean(window_losses)
+                    loss = self._window_mean(window)
                 if logs:
                     elapsed = time.perf_counter() - window_start
-                    bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-                    metrics = {
-                        "loss": loss,
-                        "lr": self.optimizer.param_groups[0]["lr"],
-                        "it_per_s": len(window_losses) / max(elapsed, 1e-9),
-                    }
-                    if self.objective is not None:
-                        metrics.update(self.objective.metrics())
-                    if self.on_metrics is not None:
-                        self.on_metrics(self.step, metrics)
-                    window_losses, window_start = [], time.perf_counter()
+                    self._log(loss, len(window) / max(elapsed, 1e-9), bar)
+                    window, window_start = [], time.perf_counter()
                 if saves:
                     self.save()
         finally:
             stop.restore()
             bar.close()
-        if self.dist is not None:
-            self.replica_digests = self.check_replicas()
-        self.save()
+        self.finish()
+
+    def _log(self, loss: float, it_per_s: float, bar: Any) -> None:
+        """Show the window's mean loss and report it with the learning rate, it/s and
+        :meth:`metrics` to ``on_metrics``."""
+        bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+        lr = self.optimizer.param_groups[0]["lr"]
+        metrics = {"loss": loss, "lr": lr, "it_per_s": it_per_s, **self.metrics()}
+        if self.on_metrics is not None:
+            self.on_metrics(self.step, metrics)
 
     def _window_mean(self, losses: list[torch.Tensor]) -> float:
         """The mean loss since the last log (over all ranks); an error if it, or any loss or
@@ -468,6 +318,163 @@ class Trainer:
         if self.step % self.config.log_every:
             return False
         return distributed.all_reduce_max(float(stop.requested), self.dist, self.device) > 0
+
+
+class Trainer(TrainLoop):
+    """Trains a :class:`DiffusionModel` on a :class:`Dataset` with a training objective: the
+    ``objective`` given (``[train.objective]``), else the model's diffusion loss
+    (:func:`~ddpmkit.diffusion_objective` of the ``weighting`` and ``config.vlb_weight``).
+
+    ``train()`` runs from the current step to ``config.steps``; with a ``checkpoint_dir`` it
+    saves every ``checkpoint_every`` steps and at the end, and :meth:`resume` restores the
+    weights, EMA, optimizer, gradient scaler and random state from the newest checkpoint there.
+
+    With a :class:`~ddpmkit.app.distributed.DistContext` each rank computes the loss on its shard
+    of every global batch inside ``DistributedDataParallel``; the objective's random numbers
+    (t, noise) and the condition-dropout coins are drawn for the whole global batch on every
+    rank (one generator, one seed), so the ranks together see exactly the examples, t and noise
+    of one process with the same batch size.
+    """
+
+    def __init__(
+        self,
+        model: DiffusionModel,
+        dataset: Dataset,
+        config: TrainConfig,
+        *,
+        seed: int = 0,
+        checkpoint_dir: Path | None = None,
+        checkpoint_metadata: dict[str, Any] | None = None,
+        on_metrics: MetricsCallback | None = None,
+        on_checkpoint: CheckpointCallback | None = None,
+        weighting: LossWeighting | None = None,
+        objective: TrainingObjective | None = None,
+        condition_dropout: float = 0.0,
+        progress: bool = True,
+        dist: DistContext | None = None,
+    ) -> None:
+        device = model.alphas_cumprod.device
+        super().__init__(
+            model,
+            dataset,
+            config,
+            device=device,
+            seed=seed,
+            on_metrics=on_metrics,
+            progress=progress,
+        )
+        self.model = model
+        self.checkpoint_dir = checkpoint_dir
+        self.checkpoint_metadata = checkpoint_metadata or {}
+        self.on_checkpoint = on_checkpoint
+        self.weighting = weighting
+        self.condition_dropout = condition_dropout
+        self.objective = self._objective_for_run(objective, dist)
+        self.dist = dist
+        if dist is not None:
+            self.shard = dist.shard(config.batch_size)
+        prepare_for_training(model, config)
+        # after prepare_for_training: the averages take the weights' memory layout
+        self.ema = EMA(model, config.ema_decay, config.ema_warmup)
+        self.noise = torch.Generator().manual_seed(seed + 1)
+        # on a GPU the Gaussian noise is drawn there: no host draw and copy every step
+        self.eps_noise = (
+            self.noise if device.type == "cpu" else torch.Generator(device).manual_seed(seed + 2)
+        )
+        self.replica_digests: list[str] | None = None
+        self._loss = _Loss(model, self.objective)
+        self._forward = self._wrapped_loss(dist)
+
+    def _objective_for_run(
+        self, objective: TrainingObjective | None, dist: DistContext | None
+    ) -> TrainingObjective:
+        """``objective``, or the model's diffusion loss; checked against this run's precision
+        and processes, and set up."""
+        if objective is None:
+            objective = diffusion_objective(self.model, self.weighting, self.config.vlb_weight)
+        if self.config.precision != "fp32" and not objective.autocast:
+            raise ConfigError(
+                f"train.precision: objective {type(objective).__name__} trains in fp32 (it "
+                "runs its own networks and updates); remove train.precision"
+            )
+        if dist is not None:
+            objective.check_distributed()
+        objective.check(CheckContext(model=self.model))
+        objective.setup(self.model, tuple(self.dataset.shape))
+        return objective
+
+    def _wrapped_loss(self, dist: DistContext | None) -> Callable[..., torch.Tensor]:
+        """The loss module's forward itself in one process (no hooks to run: it is private);
+        with several, the module inside ``DistributedDataParallel``."""
+        if dist is None:
+            return self._loss.forward
+        from torch.nn.parallel import DistributedDataParallel
+
+        # no batch statistics: the parameters are all the ranks must share
+        params = inspect.signature(DistributedDataParallel).parameters
+        no_buffer_sync: dict[str, Any] = (
+            {"forward_sync_buffers": False}
+            if "forward_sync_buffers" in params
+            else {"broadcast_buffers": False}
+        )
+        return DistributedDataParallel(
+            self._loss,
+            device_ids=[self.device] if self.device.type == "cuda" else None,
+            **no_buffer_sync,
+        )
+
+    # -- one step ----------------------------------------------------------------------------
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        """Algorithm 1, lines 3-5, on this rank's shard of the step's batch: the objective's
+        draws and the conditions, then its loss inside the module DDP wraps."""
+        images = batch.images.to(self.device, non_blocking=True)
+        x0 = channels_last(images) if self.config.channels_last else images
+        draws = self.shard_draws(tuple(x0.shape[1:]))
+        conditioner = self.model.conditioner
+        cond = self.condition(conditioner.raw_from_batch(batch) if conditioner else None)
+        with autocast(self.device, self.config.precision):
+            return self._forward(x0, cond, draws)
+
+    def shard_draws(self, example_shape: tuple[int, ...]) -> Draws:
+        """The objective's draws for the global batch, from the generators every rank shares
+        (so every rank draws the same numbers): this rank's rows, on the device."""
+        generators = Generators(indices=self.noise, noise=self.eps_noise)
+        draws = self.objective.draw(self.model, self.config.batch_size, example_shape, generators)
+        shard = {key: value[self.shard].to(self.device) for key, value in draws.items()}
+        if self.config.channels_last:
+            return {key: channels_last(value) for key, value in shard.items()}
+        return shard
+
+    def condition(self, raw: Any) -> Conditioning | None:
+        """Encode ``raw`` and replace each example's condition by the null one with
+        probability ``condition_dropout`` (Ho & Salimans 2021, Algorithm 1); the coin flips
+        are drawn for the global batch, like t and eps, and this rank keeps its shard."""
+        conditioner = self.model.conditioner
+        if conditioner is None or raw is None:
+            return None
+        cond = self.model.encode(raw.to(self.device) if torch.is_tensor(raw) else raw)
+        assert cond is not None
+        if self.condition_dropout <= 0:
+            return cond
+        coins = torch.rand(self.config.batch_size, generator=self.noise)[self.shard]
+        drop = (coins < self.condition_dropout).to(self.device)
+        return cond.where(drop, conditioner.null(int(drop.numel()), self.device))
+
+    def after_step(self) -> None:
+        """Re-read a schedule the step trained, and update the EMA."""
+        self.model.refresh_schedule()
+        self.ema.update(self.model)
+
+    def metrics(self) -> dict[str, float]:
+        """The objective's numbers of the last step."""
+        return self.objective.metrics()
+
+    def finish(self) -> None:
+        """Check that every rank holds the same weights, and save the last checkpoint."""
+        if self.dist is not None:
+            self.replica_digests = self.check_replicas()
+        self.save()
 
     def check_replicas(self) -> list[str]:
         """Every rank's digest of its weights and EMA; an error unless all are identical."""
@@ -498,9 +505,7 @@ class Trainer:
         if self.weighting is not None:
             state = self.weighting.state_dict()
             tensors.update({f"weighting.{k}": v for k, v in state.items()})
-        if self.objective is not None:
-            state = self.objective.state_dict()
-            tensors.update({f"objective.{k}": v for k, v in state.items()})
+        tensors.update({f"objective.{k}": v for k, v in self.objective.state_dict().items()})
         tensors["rng.noise"] = self.noise.get_state()
         tensors["rng.torch"] = torch.get_rng_state()
         if self.device.type == "cuda":
@@ -563,7 +568,8 @@ class Trainer:
                 f"--resume: the checkpoint's model differs from this pipeline's (was the "
                 f"pipeline file changed?): {str(exc).splitlines()[0]}"
             ) from exc
-        self.ema.shadow = {k: v.to(self.device) for k, v in _strip(tensors, "ema.").items()}
+        for key, value in _strip(tensors, "ema.").items():
+            self.ema.shadow[key].copy_(value)  # into the averages' own memory layout
         self.ema.updates = int(meta["ema_updates"])
         state: dict[int, dict[str, torch.Tensor]] = {}
         for key, value in _strip(tensors, "optim.").items():
@@ -575,8 +581,7 @@ class Trainer:
         self.optimizer.load_state_dict({"state": state, "param_groups": groups})
         if self.weighting is not None:
             self.weighting.load_state_dict(_strip(tensors, "weighting."))
-        if self.objective is not None:
-            self.objective.load_state_dict(_strip(tensors, "objective."))
+        self.objective.load_state_dict(_strip(tensors, "objective."))
         if self.scaler is not None and "grad_scaler" in meta:
             self.scaler.load_state_dict(meta["grad_scaler"])
         self.noise.set_state(tensors["rng.noise"])

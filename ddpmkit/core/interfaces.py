@@ -18,7 +18,7 @@ import abc
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 import attrs
 import torch
@@ -234,6 +234,21 @@ class NoiseSchedule(Component, abc.ABC):
         """Whether SNR(T) is (almost) zero: at most :data:`ZERO_TERMINAL_SNR` (Lin et al. 2024)."""
         return bool(self.snr[-1] <= ZERO_TERMINAL_SNR)
 
+    trains_on_bound: ClassVar[bool] = False
+    """Whether the schedule has parameters that train with the model on the variational bound
+    (Kingma et al. 2021): a model with such a schedule trains with the bound as its loss."""
+
+    def log_snr_at(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """log SNR at training indices ``t`` ``(B,)``, returned twice as ``(ends, shape)``
+        (see :meth:`LearnableSchedule.log_snr_at`); a fixed schedule's values, float64 on
+        ``t``'s device, depend on no parameter."""
+        values = self.log_snr.to(t.device)[t]
+        return values, values
+
+    def refresh(self) -> None:
+        """Re-derive ``alphas_cumprod`` after the schedule's parameters changed; a fixed
+        schedule has none, and its ``alphas_cumprod`` stays the same tensor."""
+
 
 class LearnableScheduleParams(Params):
     """Parameters every learnable schedule has: the number of training steps."""
@@ -253,6 +268,7 @@ class LearnableSchedule(NoiseSchedule, nn.Module):
 
     Params: ClassVar[type[_ParamsModel]] = LearnableScheduleParams
     params: LearnableScheduleParams
+    trains_on_bound: ClassVar[bool] = True
 
     def __init__(self, params: _ParamsModel | None = None) -> None:
         nn.Module.__init__(self)
@@ -695,22 +711,40 @@ class ReverseVariance(Component, nn.Module, abc.ABC):
         """log sigma^2 for the steps ``t -> s`` (each ``(B,)``), broadcastable to ``x_t``."""
 
 
-class TrainingObjective(Component, abc.ABC):
-    """A training objective other than the model's own loss (kind ``objective``).
+Draws = dict[str, torch.Tensor]
+"""A training objective's random numbers for a batch, by name, each ``(B, ...)``: one row per
+example, so that a process training on a shard of the batch keeps its rows."""
 
-    The trainer calls :meth:`setup` once, before any resume, then :meth:`loss` every step and
-    back-propagates its result into the :class:`~ddpmkit.DiffusionModel`'s parameters, which
-    it alone steps (with its optimizer, clipping and EMA). An objective with networks of its
-    own (a discriminator) owns them, their optimizer and their updates, takes them inside
-    :meth:`loss`, and saves them through :meth:`state_dict`. Adversarial training (Xiao et al.
-    2022) is the bundled example.
+
+@attrs.frozen
+class Generators:
+    """Where a training objective draws from: ``indices`` for integers and uniforms (timesteps,
+    offsets; a CPU generator), ``noise`` for Gaussian noise, drawn on the generator's own device
+    (the trainer's is on the GPU when it trains there). ``None`` is torch's global generator."""
+
+    indices: torch.Generator | None = None
+    noise: torch.Generator | None = None
+
+
+class TrainingObjective(Component, abc.ABC):
+    """What a :class:`~ddpmkit.DiffusionModel` trains on (kind ``objective``): the diffusion
+    losses of :mod:`ddpmkit.objectives`, or a ``[train.objective]`` such as adversarial
+    training (Xiao et al. 2022, the bundled ``ddgan``).
+
+    Every step the trainer calls :meth:`draw` for the whole (global) batch, from generators
+    every process shares, keeps the rows of its own shard, and calls :meth:`loss` on that shard
+    inside the module ``DistributedDataParallel`` wraps; it back-propagates the result into the
+    model's parameters, which it alone steps (with its optimizer, clipping and EMA). An
+    objective with networks of its own (a discriminator) builds them in :meth:`setup`, steps
+    them inside :meth:`loss` and saves them through :meth:`state_dict`.
     """
 
+    autocast: ClassVar[bool] = True
+    """Whether :meth:`loss` may run under ``train.precision``'s bf16 / fp16 autocast."""
+
     def check(self, context: CheckContext) -> None:
-        """An objective replaces the diffusion loss and trains without conditions: a
-        conditioner, a loss weighting and the VLB term (``train.vlb_weight``) are refused."""
-        if context.model.conditioner is not None:
-            raise ConfigError("the objective trains without conditions; remove [conditioner]")
+        """An objective named by ``[train.objective]`` replaces the diffusion loss: a loss
+        weighting and the VLB term (``train.vlb_weight``) are refused."""
         for key, used in (
             ("weighting", context.weighting is not None),
             ("vlb_weight", context.vlb_weight > 0),
@@ -721,16 +755,43 @@ class TrainingObjective(Component, abc.ABC):
                     "loss; remove this key"
                 )
 
-    @abc.abstractmethod
+    def check_distributed(self) -> None:
+        """Raise :class:`~ddpmkit.ConfigError` if this objective cannot train with each process
+        computing :meth:`loss` on its shard of the batch (default: it can)."""
+
     def setup(self, model: DiffusionModel, data_shape: tuple[int, ...]) -> None:
         """Build what the objective owns for ``model`` and examples of ``data_shape``, on the
         model's device (called once by the trainer, before any checkpoint is loaded)."""
 
     @abc.abstractmethod
+    def draw(
+        self,
+        model: DiffusionModel,
+        batch_size: int,
+        example_shape: tuple[int, ...],
+        generators: Generators,
+    ) -> Draws:
+        """The random numbers of one step for ``batch_size`` examples of ``example_shape``."""
+
+    @abc.abstractmethod
     def loss(
-        self, model: DiffusionModel, x0: torch.Tensor, generator: torch.Generator | None
+        self, model: DiffusionModel, x0: torch.Tensor, cond: Conditioning | None, draws: Draws
     ) -> torch.Tensor:
-        """The scalar loss of a batch ``x0`` for the model's parameters to descend."""
+        """The scalar loss of a batch ``x0`` (with its conditions) for the model's parameters
+        to descend, at ``draws`` (:meth:`draw`'s rows of these examples, on ``x0``'s device)."""
+
+    def batch_loss(
+        self,
+        model: DiffusionModel,
+        x0: torch.Tensor,
+        cond: Conditioning | None = None,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """:meth:`loss` of ``x0`` at fresh draws from ``generator``: one call for a training
+        loop of one's own."""
+        draws = self.draw(model, x0.shape[0], tuple(x0.shape[1:]), Generators(generator, generator))
+        return self.loss(model, x0, cond, {k: v.to(x0.device) for k, v in draws.items()})
 
     def metrics(self) -> dict[str, float]:
         """Extra numbers for the training log after the last :meth:`loss` (default: none)."""
@@ -744,6 +805,34 @@ class TrainingObjective(Component, abc.ABC):
         """Restore :meth:`state_dict` from a checkpoint."""
 
 
+StageLoss = Callable[[Batch, torch.Generator], tuple[torch.Tensor, dict[str, float]]]
+"""``(batch, generator) -> (scalar loss, numbers to log)``: one training step's loss of a
+network that a stage trains."""
+
+
+class FitNetwork(Protocol):
+    """The type of :attr:`StageContext.fit`."""
+
+    def __call__(
+        self,
+        network: nn.Module,
+        loss_fn: StageLoss,
+        *,
+        steps: int,
+        batch_size: int,
+        lr: float,
+        log_every: int = 50,
+        metadata: Mapping[str, object] | None = None,
+    ) -> Path:
+        """Train ``network`` with AdamW at ``lr`` on ``loss_fn`` for ``steps`` steps over
+        shuffled batches of the stage's data, in the trainer's loop (a progress bar with step,
+        loss, it/s and ETA; every ``log_every`` steps the means of the loss and of the logged
+        numbers appended to the stage's ``metrics.jsonl``), then save it, with ``metadata``,
+        to ``model.safetensors`` in the stage's folder and return that path. The data order
+        and ``loss_fn``'s generator follow the stage's seed: one seed, one network."""
+        ...
+
+
 @attrs.frozen
 class StageContext:
     """What a :class:`Stage` runs with.
@@ -751,7 +840,8 @@ class StageContext:
     ``directory`` is the stage's own output folder, ``<run>/stages/<name>/``, created empty;
     ``model`` is the pipeline's diffusion model before its ``[train]`` (its schedule and
     forward process are what a noise-aware network trains on); ``dataset`` is the training
-    data; all randomness comes from ``seed``; ``progress`` asks for a progress bar.
+    data; all randomness comes from ``seed``; ``progress`` asks for a progress bar; ``fit``
+    trains a network of the stage's own through the application's training loop.
 
     ``run_pipeline(data)`` is the application's service that runs a whole pipeline inside
     the stage: ``data`` holds a pipeline file's tables (``data``, ``denoiser``, ``train``,
@@ -768,6 +858,7 @@ class StageContext:
     device: torch.device
     seed: int
     progress: bool = True
+    fit: FitNetwork = attrs.field(kw_only=True)
     run_pipeline: RunPipeline = attrs.field(default=no_pipeline_runner, kw_only=True)
 
 
@@ -790,14 +881,14 @@ class LossWeighting(Component, abc.ABC):
     """Which timesteps training sees and how much each counts (kind ``weighting``).
 
     :meth:`weights` gives w_t in eps space: the loss of an example is w_t ||eps_hat - eps||^2
-    averaged over dimensions, whatever the parameterization (the model converts).
+    averaged over dimensions, whatever the parameterization (the objective converts).
     :meth:`sample_t` draws the training indices with a correction factor for non-uniform
     draws, and :meth:`observe` receives each example's loss afterwards (for weightings that
     learn from history).
     """
 
     observes: ClassVar[bool] = False
-    """Whether :meth:`observe` learns from the losses (else the model skips the call)."""
+    """Whether :meth:`observe` learns from the losses (else the objective skips the call)."""
 
     def weights(self, t: torch.Tensor, model: DiffusionModel) -> torch.Tensor:
         """w_t for the indices ``t`` ``(B,)``; the default is 1 (L_simple)."""

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
-from collections.abc import Callable, Sequence
-from typing import Any, Literal, TypeVar
+from collections.abc import Callable, Iterator, Sequence
+from typing import Literal, Protocol, TypeVar
 
 import torch
 from torch import nn
@@ -15,8 +16,6 @@ from ddpmkit.core.interfaces import (
     Conditioning,
     Denoiser,
     Guidance,
-    LearnableSchedule,
-    LossWeighting,
     NoiseSchedule,
     Parameterization,
     PredictFn,
@@ -62,11 +61,20 @@ def posterior_mean_coefficients(abar_t: Scalar, abar_s: Scalar) -> tuple[Scalar,
     return abar_s**0.5 * beta / (1.0 - abar_t), ratio**0.5 * (1.0 - abar_s) / (1.0 - abar_t)
 
 
+class AbarLookup(Protocol):
+    """abar_t at per-example indices, computed rather than read from the model's tables."""
+
+    def abar(self, t: torch.Tensor) -> torch.Tensor:
+        """abar_t in float64 for indices ``t`` ``(B,)``."""
+        ...
+
+
 class DiffusionModel(nn.Module):
     """A denoising diffusion probabilistic model (Ho et al. 2020).
 
     Owns, once each: the forward process q(x_t | x_0), the posterior q(x_{t-1} | x_t, x_0),
-    the conversion of the network output to eps and x0, and the training loss. The schedule's
+    the conversion of the network output to eps and x0, and the variational bound's terms
+    (the losses built on them are the objectives of :mod:`ddpmkit.objectives`). The schedule's
     float64 tensors are stored as float32 buffers, so ``model.to(device)`` moves them once and
     no sampling step re-creates them.
     """
@@ -99,10 +107,10 @@ class DiffusionModel(nn.Module):
         self.variance = variance
         self.decoder: Decoder = decoder
 
-        self._lookup: _LogSnrLookup | None = None
+        self._lookup: AbarLookup | None = None
         self._set_tables(schedule.alphas_cumprod)
-        if isinstance(schedule, LearnableSchedule):
-            self.register_load_state_dict_post_hook(lambda module, keys: module.refresh_schedule())
+        self._tables_of = schedule.alphas_cumprod  # the abar_t the tables were made from
+        self.register_load_state_dict_post_hook(lambda module, keys: module.refresh_schedule())
         parameterization.check(CheckContext(model=self))  # eps refuses SNR(T) = 0, say
 
     def _set_tables(self, abar: torch.Tensor) -> None:
@@ -128,12 +136,22 @@ class DiffusionModel(nn.Module):
         self.variance_floor = float(posterior_variance[min(1, abar.numel() - 1)].clamp(min=1e-20))
 
     def refresh_schedule(self) -> None:
-        """Re-read a learnable schedule's abar_t after its parameters changed (an optimizer
-        step, loading weights); a no-op for a fixed schedule."""
-        if isinstance(self.schedule, LearnableSchedule):
-            with torch.no_grad():
-                self.schedule.refresh()
-                self._set_tables(self.schedule.alphas_cumprod)
+        """Re-read the schedule's abar_t after its parameters changed (an optimizer step,
+        loading weights); a fixed schedule's stays the same tensor, and nothing is redone."""
+        self.schedule.refresh()  # a no-grad snapshot
+        if self.schedule.alphas_cumprod is not self._tables_of:
+            self._set_tables(self.schedule.alphas_cumprod)
+            self._tables_of = self.schedule.alphas_cumprod
+
+    @contextlib.contextmanager
+    def reading_abar(self, lookup: AbarLookup) -> Iterator[None]:
+        """Within the block the maths reads abar_t from ``lookup`` instead of the tables: a
+        loss differentiable in a learnable schedule's parameters (Kingma et al. 2021)."""
+        self._lookup = lookup
+        try:
+            yield
+        finally:
+            self._lookup = None
 
     @property
     def T(self) -> int:
@@ -324,164 +342,6 @@ class DiffusionModel(nn.Module):
         if self.conditioner is None or raw is None:
             return None
         return self.conditioner(raw)
-
-    # -- training objective ------------------------------------------------------------------
-
-    def loss(
-        self,
-        x0: torch.Tensor,
-        cond: Conditioning | None = None,
-        *,
-        t: torch.Tensor | None = None,
-        eps: torch.Tensor | None = None,
-        weighting: LossWeighting | None = None,
-        vlb_weight: float = 0.0,
-        generator: torch.Generator | None = None,
-        correction: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """L_simple (Ho et al. eq. 14, Algorithm 1), weighted, plus lambda L_vlb (hybrid).
-
-        With ``vlb_weight`` lambda > 0 this is L_hybrid = L_simple + lambda L_vlb of Nichol &
-        Dhariwal (2021, section 3.1): L_vlb = T L_t in bits per dimension, with the mean's
-        gradient stopped so that the VLB term only trains the variance. ``t`` and ``eps``
-        default to fresh draws from ``generator``; ``correction`` (default 1) multiplies each
-        example's loss, as the weighting's ``sample_t`` returns it; returns the batch mean.
-        """
-        if isinstance(self.schedule, LearnableSchedule):
-            if weighting is not None or vlb_weight > 0:
-                raise ValueError(
-                    "a learnable schedule trains on the variational bound itself: "
-                    "no loss weighting and no vlb_weight"
-                )
-            return self.vlb_loss(x0, cond, t=t, eps=eps, generator=generator)
-        batch, channels = x0.shape[0], x0.shape[1]
-        # Algorithm 1, line 3: t ~ Uniform({1, ..., T}) (indices 0..T-1), or the weighting's law
-        if t is None:
-            if weighting is not None:
-                t, correction = weighting.sample_t(batch, self, generator)
-            else:
-                t = torch.randint(0, self.T, (batch,), generator=generator)
-        t = t.to(x0.device)
-        # line 4: eps ~ N(0, I)
-        if eps is None:
-            eps = randn_like(x0, generator)
-        # line 5: regress the parameterization's target at x_t = sqrt(abar) x0 + sqrt(1-abar) eps
-        alpha, sigma = self.alpha_sigma(t, x0.ndim)
-        x_t = alpha * x0 + sigma * eps  # q_sample, with alpha and sigma gathered once
-        target = self.parameterization.target(x0, eps, alpha, sigma)
-        output = self.denoiser(x_t, t, cond)
-        # (a view of the first C channels only when there are more: a slice costs a copy in
-        # the backward pass)
-        mean_output = output[:, :channels] if output.shape[1] > channels else output
-        if weighting is None and vlb_weight == 0 and correction is None:
-            # unweighted: the mean over examples of their means is the mean of every element,
-            # one fused kernel each way
-            return nn.functional.mse_loss(mean_output.float(), target.float())
-        # the squared error per example (mse_loss's fused kernels, the same numbers as
-        # (output - target).pow(2))
-        squared = nn.functional.mse_loss(mean_output.float(), target.float(), reduction="none")
-        error = squared.flatten(1).mean(dim=1)
-        if weighting is not None:
-            factor = self.parameterization.eps_error_factor(alpha, sigma).flatten()
-            error = error * (weighting.weights(t, self).to(error.device) * factor).float()
-        if vlb_weight > 0:
-            # stop-gradient on the mean: the VLB term trains the variance channels only
-            frozen = torch.cat([output[:, :channels].detach(), output[:, channels:]], dim=1)
-            term = self.vlb_term(x0, x_t, t, self.prediction_from_output(frozen, x_t, t))
-            error = error + vlb_weight * self.T * self.bits_per_dim(term, x0)
-        if weighting is not None and weighting.observes:
-            weighting.observe(t.cpu(), error.detach().cpu())
-        return error.mean() if correction is None else (error * correction.to(x0.device)).mean()
-
-    def vlb_loss(
-        self,
-        x0: torch.Tensor,
-        cond: Conditioning | None = None,
-        *,
-        t: torch.Tensor | None = None,
-        eps: torch.Tensor | None = None,
-        eps_0: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        """The variational bound as the loss, (T-1) L_{t-1} + L_0 + L_T per example in bits
-        per dimension, t ~ U{1, ..., T-1} (Kingma et al. 2021, eq. 11 and 13); the batch mean.
-
-        L_0 and L_T are computed for every example, as Kingma et al. do: L_0 is one network
-        call at index 0, and weighting it by T with the other terms would make it dominate
-        the estimate's variance. ``t`` defaults to a low-discrepancy draw (one uniform offset,
-        then B evenly spread indices; Appendix I.1). ``eps`` and ``eps_0`` are the noises of
-        x_t and of x at index 0. With a learnable schedule the end points get the bound's
-        gradient and the shape the gradient of E[((T-1) L_{t-1})^2], which, with the bound's
-        mean fixed, is its variance (section 5.3).
-        """
-        batch, T = x0.shape[0], self.T
-        if T < 2:
-            raise ValueError("vlb_loss needs T >= 2 (a one-step chain's bound is L_0 + L_T)")
-        # t: stratified over {1, ..., T-1}, one random offset for the whole batch
-        if t is None:
-            u = torch.rand((), generator=generator)
-            strata = (u + torch.arange(batch, dtype=torch.float64) / batch) % 1.0
-            t = 1 + (strata * (T - 1)).long().clamp(max=T - 2)
-        elif not bool(((t >= 1) & (t < T)).all()):
-            raise ValueError(f"vlb_loss: t must lie in 1 .. T-1 = {T - 1}")
-        t = t.to(x0.device)
-        eps = randn_like(x0, generator) if eps is None else eps
-        eps_0 = randn_like(x0, generator) if eps_0 is None else eps_0
-        schedule = self.schedule
-        lookup = (
-            _LogSnrLookup(schedule, self.T) if isinstance(schedule, LearnableSchedule) else None
-        )
-        self._lookup = lookup
-        try:
-            # L_{t-1} at x_t ~ q(x_t | x_0), weighted by the T - 1 terms it stands for
-            x_t = self.q_sample(x0, t, eps)
-            kl = self.vlb_term(x0, x_t, t, self.predict(x_t, t, cond))
-            diffusion = (T - 1) * self.bits_per_dim(kl, x0)
-            # L_0 = -log p(x_0 | x at index 0) and the prior L_T, for every example
-            first = torch.zeros_like(t)
-            x_first = self.q_sample(x0, first, eps_0)
-            decoder = self.vlb_term(x0, x_first, first, self.predict(x_first, first, cond))
-            ends = self.bits_per_dim(decoder + self.prior_kl(x0), x0)
-        finally:
-            self._lookup = None
-        if lookup is not None:
-            # the shape's gradient becomes d D^2 = 2 D dD, D = (T-1) L_{t-1}, per example
-            lookup.scale = 2.0 * diffusion.detach()
-        return (diffusion + ends).mean()
-
-
-class _LogSnrLookup:
-    """abar at per-example indices, differentiable in a learnable schedule's parameters.
-
-    The schedule's log SNR is evaluated once at every index; each lookup gathers ``(B,)``
-    values, one per example, so the gradient reaching the shape can be rescaled per example
-    by ``scale`` (set once the loss is known, read by the backward pass).
-    """
-
-    def __init__(self, schedule: LearnableSchedule, T: int) -> None:
-        device = next(schedule.parameters()).device
-        self.ends, self.shape = schedule.log_snr_at(torch.arange(T, device=device))
-        self.scale: torch.Tensor | None = None
-
-    def abar(self, t: torch.Tensor) -> torch.Tensor:
-        """abar_t = sigmoid(log SNR(t)) in float64 for indices ``t`` ``(B,)``."""
-        shape = self.shape[t]
-        log_snr = self.ends[t] + _ScaledGradient.apply(shape - shape.detach(), self)
-        return torch.sigmoid(log_snr.to(torch.float64))
-
-
-class _ScaledGradient(torch.autograd.Function):
-    """Identity forward; the backward multiplies the gradient by ``lookup.scale``."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, lookup: _LogSnrLookup) -> torch.Tensor:
-        ctx.lookup = lookup
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        scale = ctx.lookup.scale
-        return (grad if scale is None else grad * scale.to(grad)), None
 
 
 def randn(

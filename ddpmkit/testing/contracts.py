@@ -31,6 +31,7 @@ from ddpmkit.core.interfaces import (
     Conditioning,
     Dataset,
     Denoiser,
+    Generators,
     Guidance,
     LossWeighting,
     NoiseSchedule,
@@ -40,7 +41,6 @@ from ddpmkit.core.interfaces import (
     Sampler,
     SamplerStep,
     Stage,
-    StageContext,
     TrainingObjective,
 )
 from ddpmkit.core.model import DiffusionModel
@@ -688,7 +688,8 @@ class WeightingContract(ComponentContract):
 
 
 class ObjectiveContract(ComponentContract):
-    """Training objectives: after ``setup``, a finite scalar loss whose gradient reaches the
+    """Training objectives: after ``setup``, draws of one row per example (what a process
+    training on a shard of the batch keeps), a finite scalar loss whose gradient reaches the
     model, the same loss from the same seeds, finite metrics, and a state that survives a
     checkpoint."""
 
@@ -716,7 +717,7 @@ class ObjectiveContract(ComponentContract):
 
     def test_loss_trains_the_model(self, component_name: str, tmp_path: Path) -> None:
         objective, model = self._setup(component_name, tmp_path)
-        loss = objective.loss(model, self._data(), _seeded(0))
+        loss = objective.batch_loss(model, self._data(), generator=_seeded(0))
         assert loss.ndim == 0 and bool(torch.isfinite(loss)) and loss.requires_grad
         loss.backward()
         grads = [p.grad for p in model.parameters() if p.grad is not None]
@@ -724,16 +725,24 @@ class ObjectiveContract(ComponentContract):
         metrics = objective.metrics()
         assert all(isinstance(v, float) for v in metrics.values()), metrics
 
+    def test_draws_have_one_row_per_example(self, component_name: str, tmp_path: Path) -> None:
+        objective, model = self._setup(component_name, tmp_path)
+        generators = Generators(indices=_seeded(0), noise=_seeded(1))
+        draws = objective.draw(model, 6, self.data_shape, generators)
+        shapes = {key: tuple(value.shape) for key, value in draws.items()}
+        assert shapes and all(shape[:1] == (6,) for shape in shapes.values()), shapes
+
     def test_same_seeds_same_loss(self, component_name: str, tmp_path: Path) -> None:
         values = []
         for _ in range(2):
             objective, model = self._setup(component_name, tmp_path)
-            values.append(float(objective.loss(model, self._data(), _seeded(0))))
+            loss = objective.batch_loss(model, self._data(), generator=_seeded(0))
+            values.append(float(loss.detach()))
         assert values[0] == values[1]
 
     def test_state_survives_a_checkpoint(self, component_name: str, tmp_path: Path) -> None:
         objective, model = self._setup(component_name, tmp_path)
-        objective.loss(model, self._data(), _seeded(0)).backward()
+        objective.batch_loss(model, self._data(), generator=_seeded(0)).backward()
         state = {k: v.detach().clone() for k, v in objective.state_dict().items()}
         fresh, _ = self._setup(component_name, tmp_path)
         fresh.load_state_dict(copy.deepcopy(state))
@@ -760,15 +769,20 @@ class StageContract(ComponentContract):
         return ReferenceImages()
 
     def _run(self, name: str, tmp_path: Path, folder: str) -> Path:
+        # the application's context: its fit trains in the trainer's loop
+        from ddpmkit.app.stages import stage_context
+
         stage: Stage = self.build(name, tmp_path)
         model, data = self.model_for(name), self.dataset_for(name)
         stage.check(attrs.evolve(check_context(model, data), key="stages.under-test"))
         directory = tmp_path / folder / "stages" / "under-test"
         directory.mkdir(parents=True)
         torch.manual_seed(0)
-        cpu, runner = torch.device("cpu"), pipeline_runner(directory)
+        runner = pipeline_runner(directory)
         stage.run(
-            StageContext("under-test", directory, model, data, cpu, 0, False, run_pipeline=runner)
+            stage_context(
+                "under-test", directory, model, data, torch.device("cpu"), 0, False, runner
+            )
         )
         return directory
 

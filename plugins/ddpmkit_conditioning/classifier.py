@@ -34,7 +34,6 @@ from ddpmkit import (
     noised_batch,
     randn_like,
 )
-from ddpmkit.app.stages import fit_network  # TODO(issue 16): via the stage context
 from ddpmkit_conditioning.classifier_net import ClassifierNet, ClassifierNetParams, ClassifierShape
 from ddpmkit_conditioning.score import SCORE_FORMS, ScoreForm, input_gradient
 
@@ -110,10 +109,9 @@ class TrainClassifierStage(Stage):
             return F.cross_entropy(logits, y), {"accuracy": float(accuracy)}
 
         p = self.params
-        fit_network(
+        context.fit(
             network,
             loss,
-            context,
             steps=p.steps,
             batch_size=p.batch_size,
             lr=p.lr,

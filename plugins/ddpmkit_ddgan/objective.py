@@ -9,12 +9,14 @@ from torch import nn
 from ddpmkit import (
     CheckContext,
     Conditioning,
+    ConfigError,
     DiffusionModel,
+    Draws,
+    Generators,
     Params,
     TrainingObjective,
     column,
     randn,
-    randn_like,
 )
 from ddpmkit_ddgan.discriminator import Discriminator
 from ddpmkit_ddgan.generator import generator_of
@@ -58,6 +60,7 @@ class DDGANObjective(TrainingObjective):
 
     Params = DDGANObjectiveParams
     params: DDGANObjectiveParams
+    autocast = False  # it runs its own networks and updates, in fp32
 
     def __init__(self, params: DDGANObjectiveParams | None = None) -> None:
         super().__init__(params)
@@ -67,9 +70,19 @@ class DDGANObjective(TrainingObjective):
         self._steps = 0
 
     def check(self, context: CheckContext) -> None:
-        """The objective's own rules, then: the denoiser must be a ``ddgan-generator``."""
+        """The objective's own rules, then: it trains without conditions, and the denoiser
+        must be a ``ddgan-generator``."""
         super().check(context)
+        if context.model.conditioner is not None:
+            raise ConfigError("the objective trains without conditions; remove [conditioner]")
         generator_of(context.model, "objective ddgan")
+
+    def check_distributed(self) -> None:
+        """Each process would step a discriminator of its own on its shard: not yet."""
+        raise ConfigError(
+            "train.objective: adversarial training (ddgan) is not supported in multi-process "
+            "training yet"
+        )
 
     def setup(self, model: DiffusionModel, data_shape: tuple[int, ...]) -> None:
         """Build the discriminator on the model's device, and its Adam optimizer."""
@@ -80,22 +93,36 @@ class DDGANObjective(TrainingObjective):
             self.discriminator.parameters(), lr=p.lr, betas=p.adam_betas
         )
 
+    def draw(
+        self,
+        model: DiffusionModel,
+        batch_size: int,
+        example_shape: tuple[int, ...],
+        generators: Generators,
+    ) -> Draws:
+        """t ~ U{0..T-1}; the noises of x_{t-1} and x_t, the generator's z, the fake's noise."""
+        z_dim = generator_of(model, "objective ddgan").z_dim
+        shape = (batch_size, *example_shape)
+        t = torch.randint(0, model.T, (batch_size,), generator=generators.indices)
+        eps_prev = randn(shape, generator=generators.noise)
+        eps_t = randn(shape, generator=generators.noise)
+        z = randn((batch_size, z_dim), generator=generators.noise)
+        eps_fake = randn(shape, generator=generators.noise)
+        return {"t": t, "eps_prev": eps_prev, "eps_t": eps_t, "z": z, "eps_fake": eps_fake}
+
     def loss(
-        self, model: DiffusionModel, x0: torch.Tensor, generator: torch.Generator | None
+        self, model: DiffusionModel, x0: torch.Tensor, cond: Conditioning | None, draws: Draws
     ) -> torch.Tensor:
         """Take the discriminator's step; return the generator's loss."""
         D, optimizer = self.discriminator, self.optimizer
         if D is None or optimizer is None:
             raise RuntimeError("ddgan: setup() was not called")
-        batch, device = x0.shape[0], x0.device
-        z_dim = generator_of(model, "objective ddgan").z_dim
-        t = torch.randint(0, model.T, (batch,), generator=generator).to(device)
-        x_prev, x_t = real_pair(model, x0, t, generator)
+        device, t = x0.device, draws["t"]
+        x_prev, x_t = real_pair(model, x0, t, draws["eps_prev"], draws["eps_t"])
         # the fake: x0' = G(x_t, z, t), then x_{t-1}' ~ q(x_{t-1} | x_t, x0') (eq. 5)
-        z = randn((batch, z_dim), generator=generator, device=device)
-        x0_fake = model.predict(x_t, t, Conditioning(embedding=z)).x0
+        x0_fake = model.predict(x_t, t, Conditioning(embedding=draws["z"])).x0
         mean, variance, _ = model.q_posterior(x0_fake, x_t, t)
-        fake = mean + variance.sqrt() * randn_like(x0, generator)
+        fake = mean + variance.sqrt() * draws["eps_fake"]
 
         # discriminator step: softplus(-D(real)) + softplus(D(fake)) + gamma/2 R1
         p = self.params
@@ -153,14 +180,18 @@ class DDGANObjective(TrainingObjective):
 
 
 def real_pair(
-    model: DiffusionModel, x0: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None
+    model: DiffusionModel,
+    x0: torch.Tensor,
+    t: torch.Tensor,
+    eps_prev: torch.Tensor,
+    eps_t: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(x_{t-1}, x_t)`` ~ q(x_{t-1}, x_t | x_0): x_{t-1} ~ q(x_{t-1} | x_0) (x_0 itself at
     t = 0), then x_t ~ q(x_t | x_{t-1}) = N(sqrt(1 - beta_t) x_{t-1}, beta_t I) (Ho et al.
-    eq. 4 and 2)."""
+    eq. 4 and 2), with standard normal noises ``eps_prev`` and ``eps_t``."""
     s = t - 1
     abar_s = column(model.abar_at(s).to(x0.dtype), x0.ndim)
-    x_prev = abar_s.sqrt() * x0 + (1 - abar_s).sqrt() * randn_like(x0, generator)
+    x_prev = abar_s.sqrt() * x0 + (1 - abar_s).sqrt() * eps_prev
     beta = column(model.step_variances(t, s)[0].to(x0.dtype), x0.ndim)
-    x_t = (1 - beta).sqrt() * x_prev + beta.sqrt() * randn_like(x0, generator)
+    x_t = (1 - beta).sqrt() * x_prev + beta.sqrt() * eps_t
     return x_prev, x_t

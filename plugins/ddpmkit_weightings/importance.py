@@ -34,7 +34,7 @@ class ImportanceWeighting(VLBWeighting):
     The weights are those of :class:`~ddpmkit_weightings.VLBWeighting` (this trains L_vlb,
     with the same restriction to fixed reverse variances); only the law of t changes. The
     history keeps, per timestep, the last ``history`` losses given to :meth:`observe`: what
-    ``DiffusionModel.loss`` computed per example *before* the correction, i.e. w_t times the
+    the ``SimpleObjective`` computed per example *before* the correction, i.e. w_t times the
     eps-space error, the trainable part of L_{t-1} in nats per dimension (plus lambda T L_vlb
     in bits per dimension when the hybrid loss is on). While some t has fewer than
     ``history`` losses, t is uniform with correction 1; afterwards p_t = (1 - u) r_t / sum r

@@ -21,7 +21,6 @@ from ddpmkit import (
     load_network,
     noised_batch,
 )
-from ddpmkit.app.stages import fit_network  # TODO(issue 16): via the stage context
 from ddpmkit_conditioning.clip.model import NoisedClip
 
 CONFIG_FILE = "clip.json"
@@ -101,10 +100,9 @@ class TrainClipStage(Stage):
             return loss, {"accuracy": accuracy}
 
         p = self.params
-        fit_network(
+        context.fit(
             network,
             loss_fn,
-            context,
             steps=p.steps,
             batch_size=p.batch_size,
             lr=p.lr,

@@ -71,7 +71,11 @@ def test_two_gloo_ranks_equal_one_process_with_the_same_global_batch(
     step (Adam's first steps have size ~lr whatever the gradient), 100x the tolerance. With a
     class conditioner the label dropout's coins are drawn for the global batch too; a learned
     schedule's bound draws its stratified t for the global batch, and its gradients (the
-    shape's rescaled per example) reach the schedule on every rank."""
+    shape's rescaled per example) reach the schedule on every rank. Its tolerance is 1e-4:
+    Adam divides each step by the root of the gradient's second moment, so where gradients are
+    tiny (the schedule's network) the re-association's relative error becomes a relative
+    error of the step itself; measured 1.4e-5 after 4 steps, still 10x below a wrong
+    shard's 1e-3."""
     path = tmp_path / "ddp.toml"
     text = TRAIN_ONLY.replace("{runs}", str(tmp_path / "runs"))
     for old, new in VARIANTS[variant]:
@@ -88,8 +92,9 @@ def test_two_gloo_ranks_equal_one_process_with_the_same_global_batch(
     assert meta["world_size"] == 2
     assert meta["replica_digests"] == [digest(state)] * 2
     assert ddp.keys() == one.keys()
+    atol = 1e-4 if variant == "learned-schedule" else 1e-5
     for key in state:
-        torch.testing.assert_close(ddp[key], one[key], rtol=0, atol=1e-5, msg=key)
+        torch.testing.assert_close(ddp[key], one[key], rtol=0, atol=atol, msg=key)
     # and the training really moved the weights by much more than the tolerance
     start = Pipeline.build(load_config(path)).model.state_dict()
     moved = max((ddp[f"model.{k}"] - v).abs().max().item() for k, v in start.items())

@@ -256,6 +256,8 @@ def test_a_stage_context_without_the_application_says_so(tmp_path) -> None:
     )
     with pytest.raises(ddpmkit.DdpmkitError, match="no application to run a pipeline"):
         context.run_pipeline({})
+    with pytest.raises(ddpmkit.DdpmkitError, match="no application to train a network"):
+        context.fit(torch.nn.Linear(1, 1), lambda batch, generator: (torch.zeros(()), {}))
 
 
 def test_the_cascade_stage_imports_no_application() -> None:

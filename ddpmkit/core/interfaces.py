@@ -25,7 +25,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from ddpmkit.core.errors import ConfigError
+from ddpmkit.core.errors import ConfigError, DdpmkitError
 from ddpmkit.core.wiring import BuildContext, CheckContext, RunPipeline, no_pipeline_runner
 
 if TYPE_CHECKING:  # pragma: no cover - import cycle only for type checkers
@@ -833,6 +833,14 @@ class FitNetwork(Protocol):
         ...
 
 
+def no_fit(network: nn.Module, loss_fn: StageLoss, **options: Any) -> Path:
+    """The ``fit`` of a :class:`StageContext` made without the application."""
+    raise DdpmkitError(
+        "this StageContext has no application to train a network with (run the stage in a "
+        "pipeline, or pass fit)"
+    )
+
+
 @attrs.frozen
 class StageContext:
     """What a :class:`Stage` runs with.
@@ -858,7 +866,7 @@ class StageContext:
     device: torch.device
     seed: int
     progress: bool = True
-    fit: FitNetwork = attrs.field(kw_only=True)
+    fit: FitNetwork = attrs.field(default=no_fit, kw_only=True)
     run_pipeline: RunPipeline = attrs.field(default=no_pipeline_runner, kw_only=True)
 
 

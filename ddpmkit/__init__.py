@@ -9,40 +9,21 @@ that imports ``ddpmkit`` loads neither.
 from __future__ import annotations
 
 from ddpmkit.core.checkpoint import load_network, network_metadata
+from ddpmkit.core.component import Component, Params
+from ddpmkit.core.data import AttributeReader, Dataset
 from ddpmkit.core.embeddings import timestep_features
 from ddpmkit.core.errors import ConfigError, DataError, DdpmkitError, PluginError
 from ddpmkit.core.hookspecs import hookimpl
 from ddpmkit.core.images import load_image, make_grid, save_grid, save_scatter, to_uint8
 from ddpmkit.core.interfaces import (
-    AttributeReader,
-    Batch,
-    Component,
     Conditioner,
-    Conditioning,
-    Dataset,
     Denoiser,
-    Draws,
-    Example,
-    FitNetwork,
-    Generators,
     Guidance,
     LearnableSchedule,
     LearnableScheduleParams,
-    LossWeighting,
     NoiseSchedule,
     Parameterization,
-    Params,
-    PredictFn,
-    Prediction,
-    ReverseVariance,
     Sampler,
-    SamplerCallback,
-    SamplerStep,
-    Stage,
-    StageContext,
-    StageLoss,
-    TrainingObjective,
-    caption_words,
 )
 from ddpmkit.core.model import (
     Decoder,
@@ -61,6 +42,27 @@ from ddpmkit.core.model import (
 from ddpmkit.core.plugin_policy import PLUGIN_API_VERSION
 from ddpmkit.core.registry import create, register
 from ddpmkit.core.runinfo import RunInfo
+from ddpmkit.core.training import (
+    Draws,
+    FitNetwork,
+    Generators,
+    LossWeighting,
+    ReverseVariance,
+    Stage,
+    StageContext,
+    StageLoss,
+    TrainingObjective,
+)
+from ddpmkit.core.values import (
+    Batch,
+    Conditioning,
+    Example,
+    PredictFn,
+    Prediction,
+    SamplerCallback,
+    SamplerStep,
+    caption_words,
+)
 from ddpmkit.core.wiring import BuildContext, CheckContext, PipelineRun
 from ddpmkit.objectives import (
     HybridObjective,

@@ -45,7 +45,7 @@ def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     hooks._setup.cache_clear()
 
 
-def constant_plugin(site: Path, dist: str = "ddpmkit_constant", api: str | None = "1.0") -> None:
+def constant_plugin(site: Path, dist: str = "ddpmkit_constant", api: str | None = ddpmkit.PLUGIN_API_VERSION) -> None:
     """A third-party distribution registering the schedule ``constant`` (its name is written
     with underscores, as the .dist-info folder name needs)."""
     module = f"thirdparty_{dist}"
@@ -184,12 +184,12 @@ def test_plugins_command_groups_by_distribution_with_status(
     assert main(["plugins"]) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
-    assert lines[0] == f"ddpmkit {ddpmkit.__version__}  (plugin API 1.0)"
+    assert lines[0] == f"ddpmkit {ddpmkit.__version__}  (plugin API {ddpmkit.PLUGIN_API_VERSION})"
     heading = {line.split()[0]: i for i, line in enumerate(lines) if not line.startswith(" ")}
     assert list(heading)[:1] == ["ddpmkit"]
     assert "ddpmkit_good" in heading and "ddpmkit_mixed" in heading
     good = lines[heading["ddpmkit_good"]]
-    assert good == "ddpmkit_good 1.2.3  (plugin API 1.0)"
+    assert good == f"ddpmkit_good 1.2.3  (plugin API {ddpmkit.PLUGIN_API_VERSION})"
     assert lines[heading["ddpmkit_good"] + 1].split() == ["schedule", "constant", "ok"]
     mixed = "\n".join(lines[heading["ddpmkit_mixed"] :])
     assert re.search(r"sampler +future +incompatible: sampler 'future' .* API 9.0", mixed)

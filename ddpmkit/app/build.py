@@ -14,16 +14,11 @@ from ddpmkit.app import sampling
 from ddpmkit.app.checks import check_pipeline
 from ddpmkit.app.config import ComponentConfig, PipelineConfig, config_to_dict, validate_nested
 from ddpmkit.core import plugin_policy, registry
+from ddpmkit.core.data import Dataset
 from ddpmkit.core.errors import ConfigError, DdpmkitError, PluginError
-from ddpmkit.core.interfaces import (
-    Dataset,
-    Guidance,
-    LossWeighting,
-    Sampler,
-    Stage,
-    TrainingObjective,
-)
+from ddpmkit.core.interfaces import Guidance, Sampler
 from ddpmkit.core.model import DiffusionModel
+from ddpmkit.core.training import LossWeighting, Stage, TrainingObjective
 from ddpmkit.core.wiring import BuildContext
 
 P = TypeVar("P", bound="BuiltPipeline")

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from ddpmkit.app.metrics import sliced_wasserstein
 from ddpmkit.core import registry
-from ddpmkit.core.interfaces import AttributeReader, Dataset
+from ddpmkit.core.data import AttributeReader, Dataset
 from ddpmkit.core.model import DiffusionModel
 
 

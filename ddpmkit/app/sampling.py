@@ -14,8 +14,9 @@ from ddpmkit.app.accel import autocast
 from ddpmkit.app.evaluate import data_batches
 from ddpmkit.core.errors import ConfigError, DdpmkitError
 from ddpmkit.core.images import save_grid, save_scatter
-from ddpmkit.core.interfaces import Guidance, SamplerStep
+from ddpmkit.core.interfaces import Guidance
 from ddpmkit.core.model import DiffusionModel
+from ddpmkit.core.values import SamplerStep
 
 if TYPE_CHECKING:  # pragma: no cover
     from ddpmkit.app.build import BuiltPipeline

@@ -19,9 +19,11 @@ from torch import nn
 from ddpmkit.app.config import TrainConfig
 from ddpmkit.app.train import MetricsCallback, TrainLoop
 from ddpmkit.core.checkpoint import WEIGHTS_FILE, save_checkpoint
+from ddpmkit.core.data import Dataset
 from ddpmkit.core.errors import DdpmkitError
-from ddpmkit.core.interfaces import Batch, Dataset, Stage, StageContext, StageLoss
 from ddpmkit.core.model import DiffusionModel
+from ddpmkit.core.training import Stage, StageContext, StageLoss
+from ddpmkit.core.values import Batch
 from ddpmkit.core.wiring import PipelineRun, RunPipeline, no_pipeline_runner
 
 DONE_FILE = "stage.json"

@@ -28,17 +28,11 @@ from ddpmkit.core.checkpoint import (
     prune_checkpoints,
     save_checkpoint,
 )
+from ddpmkit.core.data import Dataset
 from ddpmkit.core.errors import ConfigError, DdpmkitError
-from ddpmkit.core.interfaces import (
-    Batch,
-    Conditioning,
-    Dataset,
-    Draws,
-    Generators,
-    LossWeighting,
-    TrainingObjective,
-)
 from ddpmkit.core.model import DiffusionModel
+from ddpmkit.core.training import Draws, Generators, LossWeighting, TrainingObjective
+from ddpmkit.core.values import Batch, Conditioning
 from ddpmkit.core.wiring import CheckContext
 from ddpmkit.objectives import diffusion_objective
 

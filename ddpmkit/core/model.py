@@ -11,22 +11,14 @@ from typing import Literal, Protocol, TypeVar
 import torch
 from torch import nn
 
-from ddpmkit.core.interfaces import (
-    Conditioner,
-    Conditioning,
-    Denoiser,
-    Guidance,
-    NoiseSchedule,
-    Parameterization,
-    PredictFn,
-    Prediction,
-    ReverseVariance,
-)
+from ddpmkit.core.interfaces import Conditioner, Denoiser, Guidance, NoiseSchedule, Parameterization
 from ddpmkit.core.likelihood import (
     discretized_gaussian_log_likelihood,
     gaussian_log_likelihood,
     normal_kl,
 )
+from ddpmkit.core.training import ReverseVariance
+from ddpmkit.core.values import Conditioning, PredictFn, Prediction
 from ddpmkit.core.wiring import CheckContext
 
 Decoder = Literal["discretized", "gaussian"]

@@ -29,9 +29,9 @@ import attrs
 
 from ddpmkit.core.errors import IncompatiblePluginError
 
-PLUGIN_API_VERSION = "1.0"
+PLUGIN_API_VERSION = "2.0"
 """The plugin API this ddpmkit provides; a plugin declares the one it was written for as
-``DDPMKIT_PLUGIN_API = "1.0"`` in its top-level module, and a different major is refused."""
+``DDPMKIT_PLUGIN_API = "2.0"`` in its top-level module, and a different major is refused."""
 
 API_ATTRIBUTE = "DDPMKIT_PLUGIN_API"
 CORE_DISTRIBUTION = "ddpmkit"

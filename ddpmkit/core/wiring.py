@@ -20,15 +20,10 @@ import torch
 from ddpmkit.core.errors import DdpmkitError
 
 if TYPE_CHECKING:  # pragma: no cover - import cycle only for type checkers
-    from ddpmkit.core.interfaces import (
-        Conditioner,
-        Dataset,
-        LossWeighting,
-        NoiseSchedule,
-        ReverseVariance,
-        TrainingObjective,
-    )
+    from ddpmkit.core.data import Dataset
+    from ddpmkit.core.interfaces import Conditioner, NoiseSchedule
     from ddpmkit.core.model import DiffusionModel
+    from ddpmkit.core.training import LossWeighting, ReverseVariance, TrainingObjective
 
 
 @attrs.frozen(kw_only=True)

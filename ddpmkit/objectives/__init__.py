@@ -10,8 +10,8 @@ chooses among them. Core-level: imports :mod:`ddpmkit.core`, nothing of the appl
 from __future__ import annotations
 
 from ddpmkit.core.errors import ConfigError
-from ddpmkit.core.interfaces import LossWeighting, TrainingObjective
 from ddpmkit.core.model import DiffusionModel
+from ddpmkit.core.training import LossWeighting, TrainingObjective
 from ddpmkit.objectives.bound import VLBObjective
 from ddpmkit.objectives.simple import HybridObjective, HybridParams, SimpleObjective
 

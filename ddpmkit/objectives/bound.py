@@ -7,14 +7,10 @@ from typing import Any
 import torch
 
 from ddpmkit.core.errors import ConfigError
-from ddpmkit.core.interfaces import (
-    Conditioning,
-    Draws,
-    Generators,
-    NoiseSchedule,
-    TrainingObjective,
-)
+from ddpmkit.core.interfaces import NoiseSchedule
 from ddpmkit.core.model import DiffusionModel, randn
+from ddpmkit.core.training import Draws, Generators, TrainingObjective
+from ddpmkit.core.values import Conditioning
 from ddpmkit.core.wiring import CheckContext
 
 

@@ -6,16 +6,11 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from ddpmkit.core.component import Params
 from ddpmkit.core.errors import ConfigError
-from ddpmkit.core.interfaces import (
-    Conditioning,
-    Draws,
-    Generators,
-    LossWeighting,
-    Params,
-    TrainingObjective,
-)
 from ddpmkit.core.model import DiffusionModel, randn
+from ddpmkit.core.training import Draws, Generators, LossWeighting, TrainingObjective
+from ddpmkit.core.values import Conditioning
 
 
 class SimpleObjective(TrainingObjective):

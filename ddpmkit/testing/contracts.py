@@ -23,28 +23,26 @@ import pytest
 import torch
 
 from ddpmkit.core import hookspecs, plugin_policy, registry
+from ddpmkit.core.data import AttributeReader, Dataset
 from ddpmkit.core.errors import ConfigError
 from ddpmkit.core.interfaces import (
-    AttributeReader,
-    Batch,
     Conditioner,
-    Conditioning,
-    Dataset,
     Denoiser,
-    Generators,
     Guidance,
-    LossWeighting,
     NoiseSchedule,
     Parameterization,
-    Prediction,
-    ReverseVariance,
     Sampler,
-    SamplerStep,
-    Stage,
-    TrainingObjective,
 )
 from ddpmkit.core.model import DiffusionModel
 from ddpmkit.core.runinfo import RunInfo
+from ddpmkit.core.training import (
+    Generators,
+    LossWeighting,
+    ReverseVariance,
+    Stage,
+    TrainingObjective,
+)
+from ddpmkit.core.values import Batch, Conditioning, Prediction, SamplerStep
 from ddpmkit.core.wiring import BuildContext, CheckContext, RunPipeline
 from ddpmkit.testing.reference import (
     GaussianDenoiser,

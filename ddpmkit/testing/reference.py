@@ -12,19 +12,11 @@ import torch
 from torch import nn
 
 from ddpmkit.core import registry
-from ddpmkit.core.interfaces import (
-    Conditioning,
-    Dataset,
-    Denoiser,
-    Example,
-    Guidance,
-    NoiseSchedule,
-    Parameterization,
-    PredictFn,
-    Prediction,
-    ReverseVariance,
-)
+from ddpmkit.core.data import Dataset
+from ddpmkit.core.interfaces import Denoiser, Guidance, NoiseSchedule, Parameterization
 from ddpmkit.core.model import DiffusionModel, eps_from_x0
+from ddpmkit.core.training import ReverseVariance
+from ddpmkit.core.values import Conditioning, Example, PredictFn, Prediction
 
 REFERENCE_T = 20
 DATA_STD = 0.5

@@ -8,8 +8,9 @@ from pathlib import Path
 import torch
 
 from ddpmkit.core.images import make_grid
-from ddpmkit.core.interfaces import NoiseSchedule, SamplerStep
+from ddpmkit.core.interfaces import NoiseSchedule
 from ddpmkit.core.model import DiffusionModel, randn_like
+from ddpmkit.core.values import SamplerStep
 from ddpmkit.tools.plots import plt, save_figure
 
 

@@ -19,7 +19,7 @@ from ddpmkit_conditioning.lowres import LowResConditioner
 from ddpmkit_conditioning.masks import draw_masks
 from ddpmkit_conditioning.text import TextConditioner
 
-DDPMKIT_PLUGIN_API = "1.0"
+DDPMKIT_PLUGIN_API = "2.0"
 
 __all__ = [
     "ClassConditioner",

@@ -7,7 +7,7 @@ from ddpmkit_datasets.image_folder import ImageFolderDataset, ImageFolderParams
 from ddpmkit_datasets.reader import ShapesAttributeReader
 from ddpmkit_datasets.shapes import ShapesDataset, ShapesParams
 
-DDPMKIT_PLUGIN_API = "1.0"
+DDPMKIT_PLUGIN_API = "2.0"
 """The ddpmkit plugin API this plugin is written for."""
 
 __all__ = [

@@ -7,7 +7,7 @@ from ddpmkit_ddgan.generator import DDGANGenerator
 from ddpmkit_ddgan.objective import DDGANObjective, real_pair
 from ddpmkit_ddgan.sampler import DDGANSampler
 
-DDPMKIT_PLUGIN_API = "1.0"
+DDPMKIT_PLUGIN_API = "2.0"
 """The ddpmkit plugin API this plugin is written for."""
 
 __all__ = ["DDGANGenerator", "DDGANObjective", "DDGANSampler", "Discriminator", "real_pair"]

@@ -19,7 +19,7 @@ from ddpmkit_diffusers.export import export_pipeline, prediction_type, variance_
 from ddpmkit_diffusers.schedule import DiffusersSchedule, DiffusersScheduleParams
 from ddpmkit_diffusers.unet import DiffusersUNet, DiffusersUNetParams
 
-DDPMKIT_PLUGIN_API = "1.0"
+DDPMKIT_PLUGIN_API = "2.0"
 """The ddpmkit plugin API this plugin is written for."""
 
 __all__ = [

@@ -9,7 +9,7 @@ from typing import Any
 
 from ddpmkit import RunInfo, hookimpl
 
-DDPMKIT_PLUGIN_API = "1.0"
+DDPMKIT_PLUGIN_API = "2.0"
 """The ddpmkit plugin API this plugin is written for."""
 
 FILENAME = "metrics.jsonl"

@@ -6,7 +6,7 @@ import torch
 
 from ddpmkit import CheckContext, ConfigError, Parameterization, eps_from_x0, x0_from_eps
 
-DDPMKIT_PLUGIN_API = "1.0"
+DDPMKIT_PLUGIN_API = "2.0"
 """The ddpmkit plugin API this plugin is written for."""
 
 __all__ = ["EpsParameterization", "VParameterization", "X0Parameterization"]

@@ -6,7 +6,7 @@ from ddpmkit_samplers.ddim import DDIMSampler
 from ddpmkit_samplers.ddpm import DDPMSampler
 from ddpmkit_samplers.dpm_solver import DPMSolverPlusPlusSampler
 
-DDPMKIT_PLUGIN_API = "1.0"
+DDPMKIT_PLUGIN_API = "2.0"
 """The ddpmkit plugin API this plugin is written for."""
 
 __all__ = [

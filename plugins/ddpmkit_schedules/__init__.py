@@ -11,7 +11,7 @@ from ddpmkit_schedules.linear import LinearSchedule
 from ddpmkit_schedules.scaled_linear import ScaledLinearSchedule
 from ddpmkit_schedules.sigmoid import SigmoidSchedule
 
-DDPMKIT_PLUGIN_API = "1.0"
+DDPMKIT_PLUGIN_API = "2.0"
 """The ddpmkit plugin API this plugin is written for."""
 
 __all__ = [

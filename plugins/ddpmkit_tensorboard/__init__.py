@@ -22,7 +22,7 @@ from PIL import Image
 
 from ddpmkit import RunInfo, hookimpl
 
-DDPMKIT_PLUGIN_API = "1.0"
+DDPMKIT_PLUGIN_API = "2.0"
 """The ddpmkit plugin API this plugin is written for."""
 
 SUBFOLDER = "tensorboard"

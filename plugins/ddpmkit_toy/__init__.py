@@ -14,7 +14,7 @@ from ddpmkit_toy.mixture import GaussianMixture, MixtureParams
 from ddpmkit_toy.mlp import MLPDenoiser
 from ddpmkit_toy.oracle import GMMOracle
 
-DDPMKIT_PLUGIN_API = "1.0"
+DDPMKIT_PLUGIN_API = "2.0"
 """The ddpmkit plugin API this plugin is written for."""
 
 __all__ = [

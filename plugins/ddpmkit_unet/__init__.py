@@ -7,7 +7,7 @@ from ddpmkit_unet.blocks import Downsample, ResBlock, Upsample
 from ddpmkit_unet.embeddings import FourierEmbedding, SinusoidalEmbedding, TimeEmbedding
 from ddpmkit_unet.unet import UNet, UNetParams
 
-DDPMKIT_PLUGIN_API = "1.0"
+DDPMKIT_PLUGIN_API = "2.0"
 """The ddpmkit plugin API this plugin is written for."""
 
 __all__ = [

@@ -4,7 +4,7 @@ from ddpmkit_variances.analytic import AnalyticVariance
 from ddpmkit_variances.fixed import FixedLargeVariance, FixedSmallVariance
 from ddpmkit_variances.learned import LearnedRangeVariance
 
-DDPMKIT_PLUGIN_API = "1.0"
+DDPMKIT_PLUGIN_API = "2.0"
 """The ddpmkit plugin API this plugin is written for."""
 
 __all__ = [

@@ -7,7 +7,7 @@ from ddpmkit_weightings.p2 import P2Weighting
 from ddpmkit_weightings.simple import SimpleWeighting
 from ddpmkit_weightings.vlb import VLBWeighting
 
-DDPMKIT_PLUGIN_API = "1.0"
+DDPMKIT_PLUGIN_API = "2.0"
 """The ddpmkit plugin API this plugin is written for."""
 
 __all__ = [

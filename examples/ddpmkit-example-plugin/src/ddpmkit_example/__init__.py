@@ -6,7 +6,7 @@ from __future__ import annotations
 from ddpmkit_example.guidance import MeanIntensityGuidance, MeanIntensityGuidanceParams
 from ddpmkit_example.schedule import ShiftedCosineSchedule, ShiftedCosineScheduleParams
 
-DDPMKIT_PLUGIN_API = "1.0"
+DDPMKIT_PLUGIN_API = "2.0"
 """The ddpmkit plugin API this plugin is written for (a different major is refused)."""
 
 __all__ = [

@@ -91,16 +91,16 @@ def test_a_duplicate_name_is_resolved_by_blocking_one(
 
 
 def test_a_major_api_mismatch_is_refused_clearly(site: Path) -> None:
-    constant_plugin(site, api="2.1")
+    constant_plugin(site, api="3.1")
     with pytest.raises(IncompatiblePluginError) as info:
         ddpmkit.create("schedule", "constant")
     message = str(info.value)
-    assert "ddpmkit_constant 1.2.3 is written for ddpmkit plugin API 2.1" in message
+    assert "ddpmkit_constant 1.2.3 is written for ddpmkit plugin API 3.1" in message
     assert f"provides API {ddpmkit.PLUGIN_API_VERSION}" in message
 
 
 def test_a_newer_minor_api_loads_and_a_missing_one_warns(site: Path) -> None:
-    constant_plugin(site, "ddpmkit_minor", api="1.7")
+    constant_plugin(site, "ddpmkit_minor", api="2.7")
     assert ddpmkit.create("schedule", "constant").T == 100
     registry._cache.clear()
     constant_plugin(site, "ddpmkit_undeclared", api=None)

@@ -2,7 +2,7 @@
 
 For the 2D three-component mixture of tests/test_oracle_sampling.py, 16000 held-out points:
 the mean VLB (nats per example, Gaussian decoder) under three reverse variances at T = 100,
-1000 and 4000 (cosine schedule), minus the exact mean -log p(x_0). Prints a markdown table.
+and 1000 (cosine schedule), minus the exact mean -log p(x_0). Prints a markdown table.
 
     python bench/oracle_vlb.py
 """
@@ -19,7 +19,9 @@ import ddpmkit
 from ddpmkit.app.evaluate import nll_bits_per_dim
 
 VARIANCES = ("fixed-large", "fixed-small", "analytic")
-STEPS = (100, 1000, 4000)
+# not 4000: the cosine schedule's SNR(T) is 1.5e-10 there, which the eps parameterization
+# refuses as zero-terminal (Lin et al. 2024)
+STEPS = (100, 1000)
 EXAMPLES = 16000
 
 

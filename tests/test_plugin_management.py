@@ -45,7 +45,9 @@ def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     hooks._setup.cache_clear()
 
 
-def constant_plugin(site: Path, dist: str = "ddpmkit_constant", api: str | None = ddpmkit.PLUGIN_API_VERSION) -> None:
+def constant_plugin(
+    site: Path, dist: str = "ddpmkit_constant", api: str | None = ddpmkit.PLUGIN_API_VERSION
+) -> None:
     """A third-party distribution registering the schedule ``constant`` (its name is written
     with underscores, as the .dist-info folder name needs)."""
     module = f"thirdparty_{dist}"

@@ -64,7 +64,7 @@ class SimpleObjective(TrainingObjective):
         channels = x0.shape[1]
         # regress the parameterization's target at x_t = sqrt(abar) x0 + sqrt(1-abar) eps
         alpha, sigma = model.alpha_sigma(t, x0.ndim)
-        x_t = alpha * x0 + sigma * eps  # q_sample, with alpha and sigma gathered once
+        x_t = model.q_sample(x0, t, eps)
         target = model.parameterization.target(x0, eps, alpha, sigma)
         output = model.denoiser(x_t, t, cond)
         # (a view of the first C channels only when there are more: a slice costs a copy in
